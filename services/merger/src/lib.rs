@@ -1,0 +1,50 @@
+//! merger: merges LoRA adapters into their base model and stores the HF model dir (and GGUF) as an artifact.
+//!
+//! A library with [`run`] (used by the `merger` binary and by `fcmesh run`) and a
+//! thin `main.rs`. Configuration: [`Config`], from `FC_*` variables (see `merger --help`).
+
+use fc_bus::{Bus, BusConfig, ConsumerConfig};
+use fc_events::subjects;
+use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec};
+use fc_runtime::{service, ServiceError, Shutdown};
+
+pub const NAME: &str = "merger";
+pub const ABOUT: &str = "merges LoRA adapters into their base model and stores the HF model dir (and GGUF) as an artifact";
+/// Fixed per service so all eight can run side by side (`fcmesh run --all`).
+pub const DEFAULT_HTTP: &str = "0.0.0.0:9103";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn vars() -> Vec<VarSpec> {
+        CommonConfig::vars(DEFAULT_HTTP)
+    }
+
+    pub fn from_source(src: &ConfigSource) -> Result<Self, ConfigError> {
+        let mut r = src.reader(NAME);
+        let common = CommonConfig::read(&mut r, NAME, DEFAULT_HTTP);
+        r.finish()?;
+        Ok(Self { common })
+    }
+
+    pub fn bus_config(&self) -> BusConfig {
+        self.common.bus_config()
+    }
+}
+
+/// The durable consumers this service reads through (one filter each: nats-server 2.9).
+pub fn consumers() -> Vec<ConsumerConfig> {
+    vec![
+        ConsumerConfig::new(subjects::STREAM_RUNS, "merger-sft", &subjects::run_event_filter("sft_completed")),
+        ConsumerConfig::new(subjects::STREAM_RUNS, "merger-grpo", &subjects::run_event_filter("grpo_completed")),
+    ]
+}
+
+/// Runs the service until `shutdown`.
+pub async fn run(config: Config, bus: Bus, shutdown: Shutdown) -> Result<(), ServiceError> {
+    let _svc = service::start(NAME, config.common.http_addr, &bus, None, &shutdown).await?;
+    service::hold_consumers(NAME, &bus, consumers(), "issue #6 (sft-trainer and merger)", &shutdown).await
+}
