@@ -1,0 +1,676 @@
+//! Ragged ("varlen") batched inference forward for continuous batching.
+//!
+//! [`Model::forward`] keeps one [`crate::KvCache`] whose rows must all have the same
+//! length, which does not fit a serving engine where sequences join and leave between
+//! decode steps with different prompt lengths. This module provides:
+//!
+//! * [`SeqKv`]: a per-sequence KV cache made of zero or more *shared, frozen* prefix
+//!   segments ([`KvPrefix`], reference counted, so `n` samples of one prompt or many
+//!   requests with the same long tools system prompt keep one copy) followed by a private
+//!   growable buffer for the sequence's own positions;
+//! * [`forward_ragged`]: one forward over many sequences, each appending any number of
+//!   tokens (a prefill chunk or one decode token). All tokens are packed into one row,
+//!   so every projection, the MLP and the lm_head run as single batched matmuls; only
+//!   attention is done per sequence (over its own segments, with no padding), which is
+//!   where the ragged lengths live;
+//! * [`KvMemory`]: byte accounting of every KV buffer alive (decremented on drop), so an
+//!   engine can cap memory and observe that freed sequences return their bytes.
+//!
+//! The math is the inference path of [`Model::forward`] (same RoPE tables, fused RMSNorm,
+//! GQA folding, un-merged LoRA on the rank-r intermediate); a test checks the logits agree
+//! with per-sequence [`Model::forward`] within 1e-4.
+
+use crate::error::{ModelError, Result};
+use crate::lora::LoraAdapter;
+use crate::model::{Model, Proj};
+use crate::ops::{plain_linear, rms_norm_fused};
+use candle_core::{DType, Device, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Positions by which a private buffer grows at least (bounded by its limit).
+const OWN_CHUNK: usize = 64;
+
+/// Shared counter of bytes held by KV buffers created with it. Cloning shares the counter.
+#[derive(Debug, Clone, Default)]
+pub struct KvMemory(Arc<AtomicUsize>);
+
+impl KvMemory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Bytes currently allocated by live buffers.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// KV bytes one position costs in `model` (all layers, keys and values).
+pub fn kv_bytes_per_position(model: &Model) -> usize {
+    let c = &model.config;
+    c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * model.dtype().size_in_bytes()
+}
+
+/// Per-layer `[1, Hkv, cap, D]` key/value buffers whose bytes are registered in a
+/// [`KvMemory`] and released on drop.
+#[derive(Debug)]
+struct KvBuf {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    bytes: usize,
+    mem: KvMemory,
+}
+
+impl Drop for KvBuf {
+    fn drop(&mut self) {
+        self.mem.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl KvBuf {
+    fn new(num_layers: usize, mem: KvMemory) -> Self {
+        KvBuf {
+            layers: vec![None; num_layers],
+            bytes: 0,
+            mem,
+        }
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.dims().get(2).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Writes `k`, `v` (`[1, Hkv, t, D]`) at `offset` of layer `i`, growing the buffer
+    /// to `min(max(need rounded to a chunk, 2 * cap), max(limit, need))` positions, and
+    /// returns views of the first `offset + t` positions.
+    fn append(
+        &mut self,
+        i: usize,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (_, h, t, d) = k.dims4()?;
+        let need = offset + t;
+        let slot = self
+            .layers
+            .get_mut(i)
+            .ok_or_else(|| ModelError::Input("KV buffer has too few layers".into()))?;
+        let cap = match slot {
+            Some((ck, _)) => ck.dim(2)?,
+            None => 0,
+        };
+        if cap < need {
+            let new_cap = need
+                .div_ceil(OWN_CHUNK)
+                .saturating_mul(OWN_CHUNK)
+                .max(2 * cap)
+                .min(limit.max(need));
+            let nk = Tensor::zeros((1, h, new_cap, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((1, h, new_cap, d), v.dtype(), v.device())?;
+            if let Some((ok, ov)) = slot.as_ref() {
+                if offset > 0 {
+                    nk.slice_set(&ok.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&ov.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
+                }
+            }
+            let per_pos = 2 * h * d * k.dtype().size_in_bytes();
+            let added = (new_cap - cap) * per_pos;
+            self.bytes += added;
+            self.mem.0.fetch_add(added, Ordering::Relaxed);
+            *slot = Some((nk, nv));
+        }
+        let (ck, cv) = slot
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("KV buffer slot".into()))?;
+        ck.slice_set(&k.contiguous()?, 2, offset)?;
+        cv.slice_set(&v.contiguous()?, 2, offset)?;
+        Ok((ck.narrow(2, 0, need)?, cv.narrow(2, 0, need)?))
+    }
+
+    fn view(&self, i: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        match self.layers.get(i) {
+            Some(Some((k, v))) => Ok((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)),
+            _ => Err(ModelError::Input("KV segment missing a layer".into())),
+        }
+    }
+
+    /// Deep copy of the first `len` positions (capacity `len`, rounded to a chunk).
+    fn copy_prefix(&self, len: usize, limit: usize) -> Result<KvBuf> {
+        let mut out = KvBuf::new(self.layers.len(), self.mem.clone());
+        if len == 0 {
+            return Ok(out);
+        }
+        for i in 0..self.layers.len() {
+            let (k, v) = self.view(i, len)?;
+            out.append(i, &k, &v, 0, limit)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A shareable, immutable KV prefix: a chain of frozen buffers (segments), each used up to some
+/// length. Cloning is cheap (reference counts); the memory is released when the last
+/// holder (a sequence or a prefix cache) drops it.
+#[derive(Debug, Clone, Default)]
+pub struct KvPrefix {
+    segs: Vec<(Arc<KvBuf>, usize)>,
+}
+
+impl KvPrefix {
+    /// Number of positions covered.
+    pub fn len(&self) -> usize {
+        self.segs.iter().map(|s| s.1).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Number of frozen segments (each costs one extra score/value matmul per layer).
+    pub fn num_segments(&self) -> usize {
+        self.segs.len()
+    }
+    /// The first `len` positions (causal attention makes any prefix of a cached prefix
+    /// valid for any prompt starting with the same tokens).
+    pub fn truncated(&self, len: usize) -> KvPrefix {
+        let mut left = len;
+        let mut segs = Vec::new();
+        for (s, l) in &self.segs {
+            if left == 0 {
+                break;
+            }
+            let take = (*l).min(left);
+            segs.push((s.clone(), take));
+            left -= take;
+        }
+        KvPrefix { segs }
+    }
+}
+
+/// KV cache of one sequence for [`forward_ragged`]: a shared prefix plus private positions.
+#[derive(Debug)]
+pub struct SeqKv {
+    prefix: KvPrefix,
+    own: KvBuf,
+    own_len: usize,
+    /// Private buffer never grows beyond this many positions (unless a forward needs more).
+    own_limit: usize,
+}
+
+impl SeqKv {
+    /// An empty cache for `model`, accounted in `mem`.
+    pub fn new(model: &Model, mem: &KvMemory) -> Self {
+        SeqKv {
+            prefix: KvPrefix::default(),
+            own: KvBuf::new(model.layers.len(), mem.clone()),
+            own_len: 0,
+            own_limit: usize::MAX,
+        }
+    }
+
+    /// A cache that starts with the shared `prefix` (no copy).
+    pub fn with_prefix(model: &Model, mem: &KvMemory, prefix: KvPrefix) -> Self {
+        let mut s = Self::new(model, mem);
+        s.prefix = prefix;
+        s
+    }
+
+    /// Total positions (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.own_len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Positions held in shared frozen segments.
+    pub fn shared_len(&self) -> usize {
+        self.prefix.len()
+    }
+    /// Positions in the private buffer.
+    pub fn own_len(&self) -> usize {
+        self.own_len
+    }
+    /// Bytes of the private buffer (shared segments are accounted once, by [`KvMemory`]).
+    pub fn own_bytes(&self) -> usize {
+        self.own.bytes
+    }
+    /// Caps the private buffer's growth at `positions` (so a sequence whose maximum
+    /// length is known never over-allocates); a forward that needs more still succeeds.
+    pub fn set_own_limit(&mut self, positions: usize) {
+        self.own_limit = positions;
+    }
+
+    /// Freezes everything cached so far into a shareable prefix (no copy): this cache
+    /// continues with an empty private buffer on top of the returned prefix.
+    pub fn freeze(&mut self) -> KvPrefix {
+        if self.own_len > 0 {
+            let mem = self.own.mem.clone();
+            let n = self.own.layers.len();
+            let buf = std::mem::replace(&mut self.own, KvBuf::new(n, mem));
+            self.prefix.segs.push((Arc::new(buf), self.own_len));
+            self.own_len = 0;
+        }
+        self.prefix.clone()
+    }
+
+    /// Independent copy: shares the prefix, deep-copies the private positions.
+    pub fn fork(&self) -> Result<SeqKv> {
+        Ok(SeqKv {
+            prefix: self.prefix.clone(),
+            own: self.own.copy_prefix(self.own_len, self.own_limit)?,
+            own_len: self.own_len,
+            own_limit: self.own_limit,
+        })
+    }
+}
+
+/// One sequence of a ragged batch: `tokens` are appended after what `cache` holds.
+#[derive(Debug)]
+pub struct RaggedInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqKv,
+}
+
+/// Additive mask value, as in the model's own inference path.
+fn mask_value(dtype: DType) -> f32 {
+    if dtype == DType::F16 {
+        -3.0e4
+    } else {
+        -1.0e9
+    }
+}
+
+fn rope_tables(model: &Model, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+    let c = &model.config;
+    let d = c.head_dim;
+    let base = c.rope_theta as f32;
+    let inv: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / d as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions.len() * inv.len());
+    let mut sin = Vec::with_capacity(positions.len() * inv.len());
+    for &p in positions {
+        for &f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let dev: &Device = model.device();
+    let n = positions.len();
+    let cos = Tensor::from_vec(cos, (n, inv.len()), dev)?.to_dtype(model.dtype())?;
+    let sin = Tensor::from_vec(sin, (n, inv.len()), dev)?.to_dtype(model.dtype())?;
+    Ok((cos, sin))
+}
+
+fn linear(
+    model: &Model,
+    x: &Tensor,
+    layer: usize,
+    p: Proj,
+    lora: Option<&LoraAdapter>,
+) -> Result<Tensor> {
+    let lin = &model.layers[layer].proj[p as usize];
+    let mut y = plain_linear(x, &lin.weight)?;
+    if let Some(b) = &lin.bias {
+        y = y.broadcast_add(b)?;
+    }
+    if let Some(ad) = lora {
+        if let Some(pair) = ad.pair(layer, p) {
+            let xa = plain_linear(x, &pair.a.as_tensor().detach())?.affine(ad.scale(), 0.0)?;
+            y = (y + plain_linear(&xa, &pair.b.as_tensor().detach())?)?;
+        }
+    }
+    Ok(y)
+}
+
+/// Runs all `seqs` through the model in one forward, appending their tokens to their
+/// caches, and returns the logits of each sequence's last token, `[S, vocab]`.
+///
+/// Any mix of prefill chunks and single decode tokens is allowed. On error the caches'
+/// lengths are unchanged but their buffers may hold garbage past the end (harmless:
+/// positions beyond `len` are never read).
+pub fn forward_ragged(
+    model: &Model,
+    lora: Option<&LoraAdapter>,
+    seqs: &mut [RaggedInput<'_>],
+) -> Result<Tensor> {
+    let c = &model.config;
+    if seqs.is_empty() || seqs.iter().any(|s| s.tokens.is_empty()) {
+        return Err(ModelError::Input("empty ragged batch or sequence".into()));
+    }
+    let nl = model.layers.len();
+    for s in seqs.iter() {
+        if s.cache.own.layers.len() != nl {
+            return Err(ModelError::Input(
+                "KV cache built for a different model".into(),
+            ));
+        }
+    }
+    let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let n_rep = c.n_rep();
+    let mut ids = Vec::new();
+    let mut positions = Vec::new();
+    let mut ranges = Vec::with_capacity(seqs.len());
+    for s in seqs.iter() {
+        let start = ids.len();
+        let off = s.cache.len();
+        ids.extend_from_slice(s.tokens);
+        positions.extend((off..off + s.tokens.len()).map(|p| p as u32));
+        ranges.push((start, s.tokens.len()));
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+        return Err(ModelError::Input(format!(
+            "token id {bad} >= vocab size {}",
+            c.vocab_size
+        )));
+    }
+    let n = ids.len();
+    let dev = model.device();
+    let ids_t = Tensor::from_slice(&ids, n, dev)?;
+    let mut x = model
+        .embed_tokens
+        .index_select(&ids_t, 0)?
+        .reshape((1, n, c.hidden_size))?;
+    let (cos, sin) = rope_tables(model, &positions)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let neg = mask_value(model.dtype());
+    // Causal masks for multi-token chunks, `[t, own_len + t]`, built once per sequence.
+    let mut masks = Vec::with_capacity(seqs.len());
+    for (s, &(_, t)) in seqs.iter().zip(&ranges) {
+        masks.push(if t > 1 {
+            let off = s.cache.own_len;
+            let l = off + t;
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..l).map(move |j| if j > off + i { neg } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (t, l), dev)?.to_dtype(model.dtype())?)
+        } else {
+            None
+        });
+    }
+    let eps = c.rms_norm_eps;
+    for i in 0..nl {
+        let l = &model.layers[i];
+        let h = rms_norm_fused(&x, &l.input_layernorm, eps)?;
+        let mut q = linear(model, &h, i, Proj::Q, lora)?.reshape((1, n, hq, hd))?;
+        let mut k = linear(model, &h, i, Proj::K, lora)?.reshape((1, n, hkv, hd))?;
+        let v = linear(model, &h, i, Proj::V, lora)?.reshape((1, n, hkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = rms_norm_fused(&q, qn, eps)?;
+            k = rms_norm_fused(&k, kn, eps)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let mut outs = Vec::with_capacity(seqs.len());
+        for ((s, &(a, t)), mask) in seqs.iter_mut().zip(&ranges).zip(&masks) {
+            let cache = &mut *s.cache;
+            let ks = k.narrow(2, a, t)?;
+            let vs = v.narrow(2, a, t)?;
+            let (k_own, v_own) = cache
+                .own
+                .append(i, &ks, &vs, cache.own_len, cache.own_limit)?;
+            let qs = q
+                .narrow(2, a, t)?
+                .contiguous()?
+                .reshape((1, hkv, n_rep * t, hd))?;
+            // Scores against each shared segment (fully visible: all earlier positions),
+            // then against the private positions with the causal mask.
+            let mut parts: Vec<(Tensor, Tensor)> = Vec::new();
+            let mut scores: Vec<Tensor> = Vec::new();
+            for (seg, used) in &cache.prefix.segs {
+                let (kk, vv) = seg.view(i, *used)?;
+                scores.push(qs.matmul(&kk.t()?)?);
+                parts.push((kk, vv));
+            }
+            let l_own = k_own.dim(2)?;
+            let mut so = qs.matmul(&k_own.t()?)?;
+            if let Some(m) = mask {
+                so = so
+                    .reshape((1, hkv, n_rep, t, l_own))?
+                    .broadcast_add(m)?
+                    .reshape((1, hkv, n_rep * t, l_own))?;
+            }
+            scores.push(so);
+            parts.push((k_own, v_own));
+            let sc = if scores.len() == 1 {
+                scores
+                    .pop()
+                    .ok_or_else(|| ModelError::Input("scores".into()))?
+            } else {
+                Tensor::cat(&scores, 3)?
+            };
+            let p = candle_nn::ops::softmax_last_dim(&sc.affine(scale, 0.0)?)?;
+            let out = if parts.len() == 1 {
+                p.matmul(&parts[0].1)?
+            } else {
+                let mut acc: Option<Tensor> = None;
+                let mut off = 0;
+                for (kk, vv) in &parts {
+                    let len = kk.dim(2)?;
+                    let o = p.narrow(3, off, len)?.contiguous()?.matmul(vv)?;
+                    off += len;
+                    acc = Some(match acc {
+                        Some(a) => (a + o)?,
+                        None => o,
+                    });
+                }
+                acc.ok_or_else(|| ModelError::Input("attention parts".into()))?
+            };
+            outs.push(
+                out.reshape((1, hq, t, hd))?
+                    .transpose(1, 2)?
+                    .reshape((1, t, hq * hd))?,
+            );
+        }
+        let attn = if outs.len() == 1 {
+            outs.pop().ok_or_else(|| ModelError::Input("outs".into()))?
+        } else {
+            Tensor::cat(&outs, 1)?
+        };
+        x = (x + linear(model, &attn, i, Proj::O, lora)?)?;
+        let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
+        let gate = linear(model, &h, i, Proj::Gate, lora)?;
+        let up = linear(model, &h, i, Proj::Up, lora)?;
+        let down = linear(model, &(gate.silu()? * up)?, i, Proj::Down, lora)?;
+        x = (x + down)?;
+    }
+    for (s, &(_, t)) in seqs.iter_mut().zip(&ranges) {
+        s.cache.own_len += t;
+    }
+    let last: Vec<u32> = ranges.iter().map(|&(a, t)| (a + t - 1) as u32).collect();
+    let last = Tensor::from_vec(last, ranges.len(), dev)?;
+    let h = x.squeeze(0)?.index_select(&last, 0)?;
+    let h = rms_norm_fused(&h, &model.norm, eps)?;
+    Ok(plain_linear(&h, model.lm_head_weight())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoraConfig, ModelConfig};
+
+    fn model(qwen2: bool) -> Model {
+        let cfg = if qwen2 {
+            ModelConfig::from_json(serde_json::json!({"model_type": "qwen2", "vocab_size": 97,
+                "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "eos_token_id": 1,
+                "tie_word_embeddings": false}))
+            .unwrap()
+        } else {
+            ModelConfig::qwen3(97, 64, 96, 2, 4, 2, 16, true, 0, 1).unwrap()
+        };
+        Model::random(cfg, 7, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    fn reference(m: &Model, lora: Option<&LoraAdapter>, ids: &[u32]) -> Tensor {
+        let mut c = m.new_cache();
+        let t = Tensor::from_slice(ids, (1, ids.len()), m.device()).unwrap();
+        m.forward_last(&t, &mut c, lora)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    }
+
+    /// Ragged decode over sequences of different lengths (some with a shared frozen
+    /// prefix, some forked) equals per-sequence cached forwards.
+    fn check(qwen2: bool, with_lora: bool) {
+        let m = model(qwen2);
+        let lora = with_lora.then(|| {
+            let ad = LoraAdapter::new(&m, LoraConfig::default(), 3).unwrap();
+            for p in ad.layers.iter().flatten().flatten() {
+                let (o, r) = p.b.as_tensor().dims2().unwrap();
+                let b = Tensor::randn(0f32, 0.05, (o, r), m.device()).unwrap();
+                p.b.set(&b).unwrap();
+            }
+            ad
+        });
+        let lora = lora.as_ref();
+        let mem = KvMemory::new();
+        let prompts: Vec<Vec<u32>> = vec![
+            (0..9).map(|i| (i * 7 + 3) % 97).collect(),
+            (0..3).map(|i| (i * 5 + 11) % 97).collect(),
+            (0..17).map(|i| (i * 13 + 2) % 97).collect(),
+        ];
+        let mut hist = prompts.clone();
+        let mut caches: Vec<SeqKv> = Vec::new();
+        for (j, p) in prompts.iter().enumerate() {
+            let mut c = SeqKv::new(&m, &mem);
+            if j == 2 {
+                // Prefill in two chunks with the first frozen in between.
+                forward_ragged(
+                    &m,
+                    lora,
+                    &mut [RaggedInput {
+                        tokens: &p[..10],
+                        cache: &mut c,
+                    }],
+                )
+                .unwrap();
+                c.freeze();
+                let lg = forward_ragged(
+                    &m,
+                    lora,
+                    &mut [RaggedInput {
+                        tokens: &p[10..],
+                        cache: &mut c,
+                    }],
+                )
+                .unwrap();
+                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < 1e-4);
+            } else {
+                let lg = forward_ragged(
+                    &m,
+                    lora,
+                    &mut [RaggedInput {
+                        tokens: p,
+                        cache: &mut c,
+                    }],
+                )
+                .unwrap();
+                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < 1e-4);
+            }
+            caches.push(c);
+        }
+        // A fork of sequence 0 (shares nothing mutable) continues differently.
+        caches.push(caches[0].fork().unwrap());
+        hist.push(hist[0].clone());
+        // A sequence sharing sequence 2's frozen 10-token prefix, then its own suffix.
+        let pre = caches[2].prefix.truncated(6);
+        let mut c = SeqKv::with_prefix(&m, &mem, pre);
+        let mut p4: Vec<u32> = prompts[2][..6].to_vec();
+        p4.extend([5, 6, 7]);
+        forward_ragged(
+            &m,
+            lora,
+            &mut [RaggedInput {
+                tokens: &p4[6..],
+                cache: &mut c,
+            }],
+        )
+        .unwrap();
+        caches.push(c);
+        hist.push(p4);
+        for step in 0..6u32 {
+            let next: Vec<u32> = (0..caches.len() as u32)
+                .map(|j| (step * 31 + j * 17 + 1) % 97)
+                .collect();
+            let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let mut inputs: Vec<RaggedInput> = caches
+                .iter_mut()
+                .zip(&toks)
+                .map(|(c, t)| RaggedInput {
+                    tokens: t,
+                    cache: c,
+                })
+                .collect();
+            let lg = forward_ragged(&m, lora, &mut inputs).unwrap();
+            for (j, &t) in next.iter().enumerate() {
+                hist[j].push(t);
+                let d = max_diff(&lg.get(j).unwrap(), &reference(&m, lora, &hist[j]));
+                assert!(d < 1e-4, "seq {j} step {step}: {d}");
+                assert_eq!(caches[j].len(), hist[j].len());
+            }
+        }
+        assert!(mem.bytes() > 0);
+        drop(caches);
+        assert_eq!(mem.bytes(), 0);
+    }
+
+    #[test]
+    fn ragged_matches_per_sequence_forward() {
+        check(false, false);
+        check(false, true);
+        check(true, false);
+    }
+
+    #[test]
+    fn own_limit_bounds_allocation() {
+        let m = model(false);
+        let mem = KvMemory::new();
+        let mut c = SeqKv::new(&m, &mem);
+        c.set_own_limit(5);
+        forward_ragged(
+            &m,
+            None,
+            &mut [RaggedInput {
+                tokens: &[1, 2, 3],
+                cache: &mut c,
+            }],
+        )
+        .unwrap();
+        assert_eq!(c.own.capacity(), 5);
+        assert_eq!(mem.bytes(), 5 * kv_bytes_per_position(&m));
+        forward_ragged(
+            &m,
+            None,
+            &mut [RaggedInput {
+                tokens: &[1, 2, 3],
+                cache: &mut c,
+            }],
+        )
+        .unwrap();
+        assert_eq!(c.own.capacity(), 6);
+    }
+}

@@ -1,0 +1,218 @@
+//! Speed / memory benchmark of one LoRA SFT step on a Qwen3-0.6B-shaped random model
+//! (hidden 1024, 28 layers, 16/8 heads, head_dim 128, intermediate 3072, vocab 151936,
+//! tied embeddings), f32 on CPU.
+//!
+//! Why: it is the number to compare with PyTorch + PEFT
+//! (`scripts/bench/sft_step_torch.py`, same shapes and step) when deciding how big a
+//! fine-tune the CPU services can take, and it guards the memory savings of
+//! `fc_model::ops` against regressions.
+//!
+//! ```text
+//! cargo run --release -p fc-model --bin bench-sft-step -- [--seq 512] [--batch 2]
+//!     [--steps 3] [--layers 28] [--rank 32] [--decode 0]
+//! cargo run --release -p fc-model --features mimalloc --bin bench-sft-step -- ...
+//! ```
+//!
+//! tokens/s counts `batch * seq` per step over the steps after the first (the first one
+//! pays for allocator / page-fault warm-up and is reported separately). Peak RSS is the
+//! process high-water mark (`VmHWM`), weights included, like `ru_maxrss` in the Python
+//! script.
+
+use candle_core::{Device, Tensor};
+use fc_model::{DType, LoraAdapter, LoraConfig, Model, ModelConfig, TokenBatch};
+use std::time::Instant;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
+/// A `/proc/self/status` field in MiB (0 where unavailable, e.g. not Linux).
+fn status_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct Args {
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    layers: usize,
+    rank: usize,
+    decode: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        seq: 512,
+        batch: 2,
+        steps: 3,
+        layers: 28,
+        rank: 32,
+        decode: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let val = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .parse::<usize>()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--seq" => a.seq = val,
+            "--batch" => a.batch = val,
+            "--steps" => a.steps = val,
+            "--layers" => a.layers = val,
+            "--rank" => a.rank = val,
+            "--decode" => a.decode = val,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.seq < 2 || a.batch == 0 || a.steps == 0 || a.layers == 0 || a.rank == 0 {
+        return Err("sizes must be positive (seq >= 2)".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "usage: bench-sft-step [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: &Args) -> fc_model::Result<()> {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig::qwen3(
+        151_936, 1024, 3072, a.layers, 16, 8, 128, true, 151_643, 151_645,
+    )?;
+    let t0 = Instant::now();
+    let model = Model::random(cfg, 0, &dev, DType::F32)?;
+    let ad = LoraAdapter::new(
+        &model,
+        LoraConfig {
+            r: a.rank,
+            alpha: 2.0 * a.rank as f64,
+            dropout: 0.0,
+            ..Default::default()
+        },
+        1,
+    )?;
+    let init_s = t0.elapsed().as_secs_f64();
+    let rss_init = status_mib("VmRSS:");
+    eprintln!(
+        "init {init_s:.1}s, lora params {}, RSS after init {rss_init:.0} MiB, allocator {ALLOCATOR}, threads {}",
+        ad.num_params(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let n = a.batch * a.seq;
+    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 151_000).collect();
+    let targets: Vec<u32> = (0..n as u32)
+        .map(|i| (i * 7919 + 13 + 7919) % 151_000)
+        .collect();
+    let batch = TokenBatch {
+        batch: a.batch,
+        seq_len: a.seq,
+        input_ids: ids,
+        attention_mask: vec![1; n],
+        targets,
+    };
+    let mut opt = ad.adamw(1e-4, 0.0)?;
+    let mut times = Vec::with_capacity(a.steps);
+    for step in 0..a.steps {
+        let t = Instant::now();
+        let lp = model.train_logprobs(&batch, Some(&ad), None, 256)?;
+        let loss = lp.mean_all()?.neg()?;
+        let tf = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let tb = t.elapsed().as_secs_f64() - tf;
+        candle_nn::Optimizer::step(&mut opt, &grads)?;
+        drop(grads);
+        let dt = t.elapsed().as_secs_f64();
+        times.push(dt);
+        eprintln!(
+            "step {step}: loss {:.4} fwd {tf:.2}s bwd {tb:.2}s total {dt:.2}s, VmHWM {:.0} MiB",
+            loss.to_scalar::<f32>()?,
+            status_mib("VmHWM:")
+        );
+    }
+    let measured = if times.len() > 1 {
+        &times[1..]
+    } else {
+        &times[..]
+    };
+    let mean = measured.iter().sum::<f64>() / measured.len() as f64;
+    let peak = status_mib("VmHWM:");
+    println!("| impl | alloc | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
+        a.layers,
+        a.seq,
+        a.batch,
+        a.rank,
+        a.steps,
+        n as f64 / mean,
+        times[0],
+    );
+    if a.decode > 0 {
+        decode_bench(&model, &ad, a.decode)?;
+    }
+    Ok(())
+}
+
+/// Cached decode speed: dense f32 with the unmerged adapter, and Q8_0 (merged).
+fn decode_bench(model: &Model, ad: &LoraAdapter, steps: usize) -> fc_model::Result<()> {
+    let dev = Device::Cpu;
+    let prompt: Vec<u32> = (0..32u32).map(|i| i * 31 + 5).collect();
+    let p = Tensor::from_slice(&prompt, (1, prompt.len()), &dev)?;
+    let mut cache = model.new_cache();
+    model.forward_last(&p, &mut cache, Some(ad))?;
+    let t = Instant::now();
+    for i in 0..steps as u32 {
+        let x = Tensor::from_slice(&[i + 10], (1, 1), &dev)?;
+        model.forward_last(&x, &mut cache, Some(ad))?;
+    }
+    let dense = steps as f64 / t.elapsed().as_secs_f64();
+    let merged = model.merge_lora(ad)?;
+    let q = fc_model::QuantizedModel::from_model(&merged, fc_model::GgufDType::Q8_0, &dev)?;
+    drop(merged);
+    let mut qc = q.new_cache();
+    q.forward_last(&p, &mut qc)?;
+    let t = Instant::now();
+    for i in 0..steps as u32 {
+        let x = Tensor::from_slice(&[i + 10], (1, 1), &dev)?;
+        q.forward_last(&x, &mut qc)?;
+    }
+    let q8 = steps as f64 / t.elapsed().as_secs_f64();
+    println!("decode (batch 1, after a 32-token prompt): dense f32 + LoRA {dense:.1} tok/s, Q8_0 merged {q8:.1} tok/s");
+    Ok(())
+}
