@@ -1,0 +1,236 @@
+//! Next-token selection from one row of logits.
+//!
+//! Two log-probs come out of every pick (see [`crate::Output`]): the raw model
+//! log-softmax (what the GRPO learner recomputes) and the log-prob under the processed
+//! sampling distribution. Processing follows Hugging Face's warper order: mask,
+//! temperature, top-k, top-p, min-p.
+
+use crate::params::{Allowed, SamplingParams};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// The chosen token and its two log-probs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub id: u32,
+    pub logprob: f32,
+    pub sampling_logprob: f32,
+}
+
+/// `log(sum(exp(x)))` computed in f64.
+fn logsumexp(xs: impl Iterator<Item = f32> + Clone) -> f64 {
+    let max = xs.clone().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !max.is_finite() {
+        return max;
+    }
+    xs.map(|x| (x as f64 - max).exp()).sum::<f64>().ln() + max
+}
+
+/// Picks a token. `vocab_limit` excludes ids at or above it (embedding rows beyond the
+/// tokenizer's vocabulary). Returns `None` when the mask allows nothing.
+pub fn pick(
+    logits: &[f32],
+    params: &SamplingParams,
+    allowed: &Allowed,
+    vocab_limit: usize,
+    rng: &mut ChaCha8Rng,
+) -> Option<Pick> {
+    let v = logits.len().min(vocab_limit);
+    let ok = |i: usize| -> bool {
+        i < v
+            && match allowed {
+                Allowed::All => true,
+                Allowed::Mask(m) => m.get(i).copied().unwrap_or(false),
+                Allowed::Only(_) => true,
+            }
+    };
+    // Candidate ids (allowed and finite), kept sparse when the mask is a list.
+    let cands: Vec<usize> = match allowed {
+        Allowed::Only(ids) => {
+            let mut c: Vec<usize> = ids
+                .iter()
+                .map(|&i| i as usize)
+                .filter(|&i| i < v && logits[i].is_finite())
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c
+        }
+        _ => (0..v).filter(|&i| ok(i) && logits[i].is_finite()).collect(),
+    };
+    if cands.is_empty() {
+        return None;
+    }
+    let raw_lse = logsumexp(logits.iter().copied());
+    let raw = |i: usize| (logits[i] as f64 - raw_lse) as f32;
+    if params.temperature <= 0.0 {
+        let mut best = cands[0];
+        for &i in &cands {
+            if logits[i] > logits[best] {
+                best = i;
+            }
+        }
+        return Some(Pick {
+            id: best as u32,
+            logprob: raw(best),
+            sampling_logprob: 0.0,
+        });
+    }
+    let t = params.temperature;
+    let max = cands
+        .iter()
+        .map(|&i| logits[i])
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    // (id, unnormalised prob)
+    let mut probs: Vec<(usize, f64)> = cands
+        .iter()
+        .map(|&i| (i, ((logits[i] as f64 - max) / t).exp()))
+        .collect();
+    let by_prob = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if params.top_k > 0 && params.top_k < probs.len() {
+        probs.select_nth_unstable_by(params.top_k - 1, by_prob);
+        probs.truncate(params.top_k);
+    }
+    if params.top_p < 1.0 {
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        let target = params.top_p * total;
+        // Partial sorts of growing prefixes: exact, without sorting the whole vocabulary.
+        let mut k = 64.min(probs.len());
+        loop {
+            if k < probs.len() {
+                probs.select_nth_unstable_by(k - 1, by_prob);
+            }
+            probs[..k].sort_by(by_prob);
+            let mut cum = 0.0;
+            let mut keep = None;
+            for (j, p) in probs[..k].iter().enumerate() {
+                cum += p.1;
+                if cum >= target {
+                    keep = Some(j + 1);
+                    break;
+                }
+            }
+            match keep {
+                Some(n) => {
+                    probs.truncate(n);
+                    break;
+                }
+                None if k == probs.len() => break,
+                None => k = (k * 4).min(probs.len()),
+            }
+        }
+    }
+    if params.min_p > 0.0 {
+        let pmax = probs.iter().map(|p| p.1).fold(0.0, f64::max);
+        let thr = params.min_p * pmax;
+        probs.retain(|p| p.1 >= thr);
+    }
+    // Deterministic order for the draw (independent of the partial sorts above).
+    probs.sort_by_key(|p| p.0);
+    let mass: f64 = probs.iter().map(|p| p.1).sum();
+    if !(mass.is_finite() && mass > 0.0) {
+        return None;
+    }
+    let mut u = rng.random::<f64>() * mass;
+    let mut chosen = probs[probs.len() - 1];
+    for &p in &probs {
+        if u < p.1 {
+            chosen = p;
+            break;
+        }
+        u -= p.1;
+    }
+    Some(Pick {
+        id: chosen.0 as u32,
+        logprob: raw(chosen.0),
+        sampling_logprob: (chosen.1 / mass).ln() as f32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(1)
+    }
+
+    #[test]
+    fn greedy_and_masks() {
+        let l = [0.0f32, 3.0, 1.0, 3.0, -1.0];
+        let p = SamplingParams::default();
+        let r = pick(&l, &p, &Allowed::All, 5, &mut rng()).unwrap();
+        assert_eq!(r.id, 1);
+        let lse = l.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert!((r.logprob as f64 - (3.0 - lse)).abs() < 1e-6);
+        assert_eq!(
+            pick(&l, &p, &Allowed::Only(vec![2, 4]), 5, &mut rng())
+                .unwrap()
+                .id,
+            2
+        );
+        let m = Allowed::Mask(vec![true, false, false, false, true]);
+        assert_eq!(pick(&l, &p, &m, 5, &mut rng()).unwrap().id, 0);
+        assert_eq!(pick(&l, &p, &Allowed::All, 3, &mut rng()).unwrap().id, 1);
+        assert!(pick(&l, &p, &Allowed::Only(vec![9]), 5, &mut rng()).is_none());
+    }
+
+    #[test]
+    fn truncation_and_sampling_logprob() {
+        let l: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let mut top = l.clone();
+        top.sort_by(|a, b| b.total_cmp(a));
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_k: 5,
+            ..Default::default()
+        };
+        let mut r = rng();
+        for _ in 0..50 {
+            let x = pick(&l, &p, &Allowed::All, 200, &mut r).unwrap();
+            assert!(l[x.id as usize] >= top[4]);
+            assert!(x.sampling_logprob <= 0.0 && x.sampling_logprob > -20.0);
+        }
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1e-9,
+            ..Default::default()
+        };
+        let x = pick(&l, &p, &Allowed::All, 200, &mut rng()).unwrap();
+        assert_eq!(l[x.id as usize], top[0]);
+        assert!(x.sampling_logprob.abs() < 1e-6);
+        let p = SamplingParams {
+            temperature: 1.0,
+            min_p: 0.999,
+            ..Default::default()
+        };
+        let x = pick(&l, &p, &Allowed::All, 200, &mut rng()).unwrap();
+        // Kept: p >= 0.999 p_max, i.e. logit >= max + ln(0.999).
+        assert!(l[x.id as usize] >= top[0] + 0.999f32.ln());
+        // top_p = 0.9: the kept set is the smallest prefix reaching 0.9 of the mass.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        };
+        let mut r = rng();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            seen.insert(pick(&l, &p, &Allowed::All, 200, &mut r).unwrap().id);
+        }
+        let mut probs: Vec<f64> = l.iter().map(|&x| (x as f64).exp()).collect();
+        let tot: f64 = probs.iter().sum();
+        probs.sort_by(|a, b| b.total_cmp(a));
+        let mut cum = 0.0;
+        let mut need = 0;
+        for p in &probs {
+            cum += p / tot;
+            need += 1;
+            if cum >= 0.9 {
+                break;
+            }
+        }
+        assert!(seen.len() <= need);
+    }
+}
