@@ -414,3 +414,81 @@ fn stream_duplicate_keys_reported_as_divergence() {
         "{ev:?}"
     );
 }
+
+/// The original `Value`-based `parse_call_json`, the reference for the field-wise one.
+fn reference_parse_call_json(body: &str) -> Result<ToolCall, CallError> {
+    let trimmed = body.trim();
+    if trimmed.is_empty() {
+        return Err(CallError::Empty);
+    }
+    let mut de = serde_json::Deserializer::from_str(trimmed);
+    let value = Value::deserialize(&mut de).map_err(|e| CallError::InvalidJson(e.to_string()))?;
+    de.end().map_err(|_| CallError::TrailingText)?;
+    let Value::Object(mut obj) = value else {
+        return Err(CallError::NotAnObject);
+    };
+    if !obj.contains_key("name") {
+        if let Some(Value::Object(inner)) = obj.remove("function") {
+            obj = inner;
+        }
+    }
+    let name = match obj.remove("name") {
+        None => return Err(CallError::MissingName),
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(_) => return Err(CallError::BadName),
+    };
+    let raw_args = match obj.remove("arguments") {
+        Some(v) => Some(v),
+        None => obj.remove("parameters"),
+    };
+    let arguments = match raw_args {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(Value::String(s)) => {
+            if s.trim().is_empty() {
+                Value::Object(Map::new())
+            } else {
+                match serde_json::from_str::<Value>(&s) {
+                    Ok(v @ Value::Object(_)) => v,
+                    Ok(_) => return Err(CallError::ArgumentsNotObject),
+                    Err(e) => return Err(CallError::ArgumentsInvalidJson(e.to_string())),
+                }
+            }
+        }
+        Some(_) => return Err(CallError::ArgumentsNotObject),
+    };
+    Ok(ToolCall { name, arguments })
+}
+
+#[test]
+fn field_wise_call_parsing_matches_reference_on_edge_cases() {
+    let cases = [
+        "", "  ", "[1]", "[1, 2", "3", "\"x\"", "null", "true", "{", "{}", "{} x", "{\"name\": 3}",
+        "{\"name\": \"f\", \"name\": \"g\"}", "{\"name\": \"f\", \"arguments\": null, \"parameters\": {\"a\": 1}}",
+        "{\"name\": \"f\", \"parameters\": {\"a\": 1}}", "{\"function\": {\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}}",
+        "{\"function\": 3}", "{\"function\": {\"name\": \"f\"}, \"name\": \"g\"}", "{\"name\": \"f\", \"x\": 1e400}",
+        "{\"name\": \"f\", \"x\": [1, {\"y\": }]}", "{\"na\\u006de\": \"f\"}", "{\"name\": \"f\", \"arguments\": \"[1]\"}",
+        "{\"name\": \"f\", \"arguments\": \"{bad\"}", "{\"name\": \" \"}", "{\"name\": \"f\", \"arguments\": 5}",
+        "{\"name\": \"f\", \"arguments\": {\"a\": 1, \"a\": 2}}", "{\"name\": \"f\",}", "{\"name\": \"f\"} {}",
+    ];
+    for c in cases {
+        assert_eq!(parse_call_json(c), reference_parse_call_json(c), "body {c:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn field_wise_call_parsing_matches_reference(
+        pieces in proptest::collection::vec(proptest::prop_oneof![
+            proptest::strategy::Just("{"), proptest::strategy::Just("}"), proptest::strategy::Just("["),
+            proptest::strategy::Just("]"), proptest::strategy::Just(","), proptest::strategy::Just(":"),
+            proptest::strategy::Just("\"name\""), proptest::strategy::Just("\"arguments\""),
+            proptest::strategy::Just("\"parameters\""), proptest::strategy::Just("\"function\""),
+            proptest::strategy::Just("\"f\""), proptest::strategy::Just("\"{}\""), proptest::strategy::Just("1"),
+            proptest::strategy::Just("null"), proptest::strategy::Just(" "), proptest::strategy::Just("\"x\""),
+        ], 0..24),
+    ) {
+        let body: String = pieces.concat();
+        proptest::prop_assert_eq!(parse_call_json(&body), reference_parse_call_json(&body));
+    }
+}
