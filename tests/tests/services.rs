@@ -145,3 +145,38 @@ fn sigterm_stops_a_service_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// With OTEL_EXPORTER_OTLP_ENDPOINT set, spans are exported over OTLP/HTTP (flushed at exit).
+#[test]
+fn spans_are_exported_over_otlp_when_configured() {
+    use std::io::{Read, Write};
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").expect("bind collector");
+    let endpoint = format!("http://{}", collector.local_addr().expect("addr"));
+    let data = tempfile::tempdir().expect("tmp");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(workspace_bin("fcmesh"))
+        .args(["status"])
+        .env_remove("FC_NATS_URL")
+        .env("FC_DATA_DIR", data.path())
+        .env("FC_HTTP_ADDR", &addr)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _guard = Killed(child);
+    collector.set_nonblocking(false).expect("blocking");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = collector.accept() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    });
+    let request = rx.recv_timeout(Duration::from_secs(20)).expect("an OTLP export request arrives");
+    assert!(request.starts_with("POST /v1/traces"), "{request}");
+}

@@ -5,6 +5,9 @@
 //! publishes a PipelineRequested command; `fcmesh status` projects a run's timeline from the
 //! FC_RUNS stream. Human progress goes to stderr; stdout carries only documented output.
 
+pub mod data_cmds;
+pub mod eval_cmd;
+pub mod model_cmds;
 pub mod pipeline;
 pub mod services;
 pub mod status;

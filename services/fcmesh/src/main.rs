@@ -46,11 +46,141 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write generated xLAM-format records (a JSON array) to FILE (`-`: stdout).
+    GenData {
+        #[arg(long)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only tools never seen in the main split (the held-out evaluation set).
+        #[arg(long)]
+        heldout: bool,
+    },
+    /// Validate and split a dataset; prints JSON: read, accepted, rejected (reason -> count), train, val.
+    Ingest {
+        #[arg(long)]
+        input: PathBuf,
+        /// xlam, bfcl, openai, sharegpt or processed.
+        #[arg(long, default_value = "xlam")]
+        format: String,
+        /// BFCL possible_answer file (default: found beside the question file).
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        /// Output dir: train.jsonl, val.jsonl, rejects.jsonl (the dead-letter records).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Create a model dir from a preset (tiny: random Qwen3 + BPE tokenizer trained on DATA).
+    InitModel {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "xlam")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Score a model (greedy generation) or a predictions file on a dataset; prints metrics JSON
+    /// (fractions 0..1) and writes report.json, report.md and chart.png to OUT.
+    Eval {
+        /// Model dir to generate with (omit with --predictions).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+        /// xlam, bfcl, openai, sharegpt or processed.
+        #[arg(long, default_value = "xlam")]
+        format: String,
+        /// BFCL possible_answer file (default: found beside the question file).
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        /// JSONL of {"id": ..., "completion": "<raw model text>"}: scored instead of generating.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Tag these samples with a split name (e.g. heldout) in the breakdown.
+        #[arg(long)]
+        split: Option<String>,
+        #[arg(long)]
+        max_samples: Option<usize>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Run name in the reports.
+        #[arg(long, default_value = "eval")]
+        name: String,
+    },
+    /// Replay a stream.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+    /// Generate from a raw prompt (no chat template); prints {"token_ids": [...], "text": ...}.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+        prompt: Option<String>,
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0 means greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON (the only output format; accepted for compatibility).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the exact prompt the engine tokenizes for an OpenAI-style request JSON.
+    ChatTemplate {
+        /// A model dir, or a dir holding only tokenizer files.
+        #[arg(long)]
+        model: PathBuf,
+        /// Request JSON: {"messages": [...], "tools": [...], "add_generation_prompt": true, ...}
+        #[arg(long)]
+        request: PathBuf,
+        /// Print {"text": ..., "token_ids": [...]} instead of the text.
+        #[arg(long)]
+        ids: bool,
+    },
     /// What `make demo` runs: every service in one process on the embedded bus, one pipeline run.
     Demo {
         /// Pipeline file for the demo run.
         #[arg(long, default_value = "deploy/config/pipeline.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Re-score rollouts with a new reward config; scores of both versions stay side by side.
+    Rescore {
+        /// Stream sequence or RFC 3339 time to start from.
+        #[arg(long)]
+        from: fcmesh::data_cmds::Position,
+        /// Stream sequence or RFC 3339 time to stop after.
+        #[arg(long)]
+        to: Option<fcmesh::data_cmds::Position>,
+        /// Reward config TOML.
+        #[arg(long)]
+        reward_config: PathBuf,
+        /// Only this run's rollouts.
+        #[arg(long)]
+        run: Option<String>,
     },
 }
 
@@ -92,6 +222,37 @@ async fn connect() -> anyhow::Result<Bus> {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = fc_telemetry::init("fcmesh")?;
+    let span = tracing::info_span!("fcmesh", command = command_name(&cli.command));
+    tracing::Instrument::instrument(run_command(cli), span).await
+}
+
+/// Runs blocking work on a plain thread: the engine's blocking API refuses to run on a
+/// runtime thread (spawn_blocking threads count), where it could starve the executor.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await.map_err(|_| anyhow::anyhow!("worker thread panicked"))?
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Run { .. } => "run",
+        Command::Pipeline { .. } => "pipeline",
+        Command::Status { .. } => "status",
+        Command::GenData { .. } => "gen-data",
+        Command::Ingest { .. } => "ingest",
+        Command::InitModel { .. } => "init-model",
+        Command::Replay { .. } => "replay",
+        Command::Eval { .. } => "eval",
+        Command::Generate { .. } => "generate",
+        Command::ChatTemplate { .. } => "chat-template",
+        Command::Demo { .. } => "demo",
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { all, services, http_base_port } => {
             let names = select_services(all, &services)?;
@@ -124,6 +285,70 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { config } => demo(&config).await,
+        Command::GenData { n, seed, out, heldout } => fcmesh::data_cmds::gen_data(n, seed, heldout, &out),
+        Command::Ingest { input, format, answers, out, val_fraction, seed } => {
+            let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
+            let summary = tokio::task::spawn_blocking(move || {
+                let bar = indicatif::ProgressBar::new(size);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let mut progress = |p: fc_data::IngestProgress| {
+                    bar.set_position(p.bytes_read);
+                    bar.set_message(format!("{} read, {} rejected", p.read, p.rejected));
+                };
+                let r = data_ingest::ingest_dataset(&input, &format, answers.as_deref(), &out, val_fraction, seed, Some(&mut progress));
+                bar.finish_and_clear();
+                r
+            })
+            .await??;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Eval { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name } => {
+            let args = fcmesh::eval_cmd::EvalArgs { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name };
+            let v = off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::InitModel { preset, data, format, out, seed } => {
+            let v = tokio::task::spawn_blocking(move || fcmesh::data_cmds::init_model(&preset, &data, &format, &out, seed)).await??;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Replay { command: ReplayCommand::Rescore { from, to, reward_config, run } } => {
+            let cfg = reward_scorer::load_reward_config(&reward_config).map_err(|e| anyhow::anyhow!("{}: {e}", reward_config.display()))?;
+            let scorer = fc_rewards::Scorer::new(cfg)?;
+            let bus = connect().await?;
+            let store = fc_artifacts::ArtifactStore::for_bus(&bus, &BusConfig::from_env().data_dir);
+            let sum = fcmesh::data_cmds::replay_rescore(&bus, &store, &scorer, from, to, run.as_deref()).await?;
+            println!("{}", serde_json::to_string_pretty(&sum)?);
+            Ok(())
+        }
+        Command::Generate { model, prompt, prompt_file, max_tokens, temperature, top_p, seed, json: _ } => {
+            let prompt = match (prompt, prompt_file) {
+                (Some(p), _) => p,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => bail!("give --prompt or --prompt-file"),
+            };
+            if !(top_p > 0.0 && top_p <= 1.0) || !temperature.is_finite() || temperature < 0.0 {
+                bail!("--temperature must be >= 0 and --top-p in (0, 1]");
+            }
+            let params = fc_model::GenerateParams { max_tokens, temperature, top_p, seed, stop_token_ids: None };
+            let out = tokio::task::spawn_blocking(move || fcmesh::model_cmds::generate(&model, &prompt, &params)).await??;
+            println!("{}", serde_json::to_string(&out)?);
+            Ok(())
+        }
+        Command::ChatTemplate { model, request, ids } => {
+            let out = fcmesh::model_cmds::chat_template(&model, &request)?;
+            if ids {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                print!("{}", out.text);
+            }
+            Ok(())
+        }
     }
 }
 

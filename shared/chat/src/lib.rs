@@ -22,6 +22,7 @@ mod request;
 mod template;
 mod tokenizer;
 
+pub mod sample;
 pub use detok::IncrementalDecoder;
 pub use error::ChatError;
 pub use request::{

@@ -84,7 +84,8 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi).boxed()
     };
     let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     let _ = INIT.set(());

@@ -1,0 +1,196 @@
+//! Stage services on the embedded bus, in-process: data-ingest turns a PipelineRequested
+//! into a DatasetIngested with artifacts; reward-scorer scores RolloutGenerated groups;
+//! `replay rescore` adds a second reward version beside the first.
+
+use std::time::Duration;
+
+use fc_artifacts::ArtifactStore;
+use fc_bus::{Bus, BusConfig, ConsumerConfig, DeliverPolicy};
+use fc_events::{
+    subjects, Completion, DatasetIngested, DatasetSpec, FinishReason, PipelineRequested, RewardScored, RolloutGenerated,
+};
+use fc_runtime::config::ConfigSource;
+use fc_runtime::{Publisher, Shutdown};
+use futures::StreamExt;
+
+fn source(data_dir: &std::path::Path) -> ConfigSource {
+    ConfigSource::from_parts(
+        "test",
+        [
+            ("FC_DATA_DIR".to_string(), data_dir.display().to_string()),
+            ("FC_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ]
+        .into(),
+    )
+    .expect("config source")
+}
+
+async fn wait_for<P: fc_events::EventPayload>(bus: &Bus, stream: &str, filter: &str) -> (fc_events::Envelope, P) {
+    let c = bus.consumer(ConsumerConfig::new(stream, &format!("wait-{}", P::TYPE), filter)).await.expect("consumer");
+    let got = c.fetch(1, Duration::from_secs(60)).await.expect("fetch");
+    let d = got.into_iter().next().unwrap_or_else(|| panic!("no {} within 60 s", P::TYPE));
+    let env = d.envelope().expect("envelope");
+    let p = env.decode::<P>().expect("payload");
+    d.ack().await.expect("ack");
+    (env, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_then_score_then_rescore() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data_dir = dir.path().to_path_buf();
+    // A generated dataset with a few broken records appended.
+    let records = fc_data::generate(60, 7);
+    let mut buf = Vec::new();
+    fc_data::write_xlam_json(&records, &mut buf).expect("write");
+    let mut text = String::from_utf8(buf).expect("utf8");
+    let tail = text.rfind(']').expect("array end");
+    text.replace_range(
+        tail..,
+        ",\n{\"id\": 9001, \"query\": \"x\", \"tools\": \"not json\", \"answers\": \"[]\"},\n{\"id\": 9002}\n]",
+    );
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, text).expect("write input");
+
+    let bus = Bus::connect(&BusConfig { nats_url: None, data_dir: data_dir.clone() }).await.expect("bus");
+    let shutdown = Shutdown::new();
+    let src = source(&data_dir);
+    let ingest_cfg = data_ingest::Config::from_source(&src).expect("config");
+    let scorer_cfg = reward_scorer::Config::from_source(&src).expect("config");
+    let version = fc_rewards::Scorer::new(scorer_cfg.reward.clone()).expect("scorer").version().to_string();
+    let t1 = tokio::spawn(data_ingest::run(ingest_cfg, bus.clone(), shutdown.clone()));
+    let t2 = tokio::spawn(reward_scorer::run(scorer_cfg, bus.clone(), shutdown.clone()));
+
+    let publisher = Publisher::new(bus.clone(), "test");
+    let req = PipelineRequested {
+        dataset: DatasetSpec {
+            source: input.display().to_string(),
+            format: "xlam".into(),
+            answers: None,
+            val_fraction: 0.2,
+            split_seed: 1,
+        },
+        base_model: "unused".into(),
+        sft: serde_json::json!({}),
+        grpo: serde_json::json!({}),
+        eval: serde_json::json!({}),
+        promote: serde_json::json!({}),
+        stages: vec![],
+    };
+    publisher.emit("run-a", None, &req, "run-a:pipeline_requested:0".into()).await.expect("publish");
+    let (env, ingested): (_, DatasetIngested) =
+        wait_for(&bus, subjects::STREAM_RUNS, &subjects::run_event_filter("dataset_ingested")).await;
+    assert_eq!(env.run_id, "run-a");
+    assert_eq!(ingested.read, 62);
+    assert_eq!(ingested.accepted, 60);
+    assert_eq!(ingested.rejected.values().sum::<u64>(), 2, "{:?}", ingested.rejected);
+    assert_eq!(ingested.train_count + ingested.val_count, 60);
+    let store = ArtifactStore::local(&data_dir);
+    let train_path = store.fetch(&ingested.train).await.expect("train artifact");
+    let samples = fc_data::read_samples(&train_path).expect("samples");
+    assert_eq!(samples.len() as u64, ingested.train_count);
+    let rejects = std::fs::read_to_string(store.fetch(ingested.dead_letters.as_ref().expect("rejects")).await.expect("fetch"))
+        .expect("read");
+    assert_eq!(rejects.lines().count(), 2, "each reject is a dead-letter record:\n{rejects}");
+
+    // A rollout group for a sample that expects calls: one perfect completion, one broken.
+    let (idx, sample) = samples
+        .iter()
+        .enumerate()
+        .find(|(_, s)| matches!(&s.expected, fc_data::Expected::Calls(c) if !c.is_empty()))
+        .expect("a sample with calls");
+    let fc_data::Expected::Calls(calls) = &sample.expected else { unreachable!("matched above") };
+    let good = fc_toolcall::render_calls(
+        &calls.iter().map(|c| fc_toolcall::ToolCall::new(&c.name, c.arguments.clone())).collect::<Vec<_>>(),
+    );
+    let rollout = RolloutGenerated {
+        prompt_id: sample.id.clone(),
+        group_id: "g1".into(),
+        policy_version: 0,
+        dataset: ingested.train.clone(),
+        sample_index: idx as u64,
+        prompt_token_ids: vec![1, 2],
+        completions: vec![
+            Completion { index: 0, token_ids: vec![1], text: good, logprobs: vec![-0.1], finish_reason: FinishReason::Stop },
+            Completion {
+                index: 1,
+                token_ids: vec![2],
+                text: "<tool_call>\n{\"name\": oops".into(),
+                logprobs: vec![-2.0],
+                finish_reason: FinishReason::Length,
+            },
+        ],
+        generator: "test".into(),
+        elapsed_ms: 1,
+    };
+    let (rollout_env, _) = publisher.emit("run-a", None, &rollout, "run-a:g1:0".into()).await.expect("publish rollout");
+    let (scored_env, scored): (_, RewardScored) =
+        wait_for(&bus, subjects::STREAM_REWARDS, &format!("fc.reward.run-a.{version}")).await;
+    assert_eq!(scored_env.causation_id, Some(rollout_env.id));
+    assert_eq!(scored.reward_version, version);
+    assert_eq!(scored.scores.len(), 2);
+    assert!((scored.scores[0].total - 1.0).abs() < 1e-9, "{:?}", scored.scores[0]);
+    assert!(scored.scores[1].total < 0.5, "{:?}", scored.scores[1]);
+    assert_eq!(scored.scores[1].components.get("parse").copied(), Some(0.0));
+
+    // Replay with another config: a second version beside the first.
+    let mut cfg = fc_rewards::RewardConfig::default();
+    cfg.weights.parse = 0.7;
+    cfg.weights.schema = 0.1;
+    cfg.weights.exec = 0.1;
+    cfg.weights.semantic = 0.1;
+    let scorer2 = fc_rewards::Scorer::new(cfg).expect("scorer");
+    assert_ne!(scorer2.version(), version);
+    let sum = fcmesh::data_cmds::replay_rescore(&bus, &store, &scorer2, fcmesh::data_cmds::Position::Seq(1), None, None)
+        .await
+        .expect("rescore");
+    assert_eq!(sum.rollouts, 1);
+    assert_eq!(sum.published, 1);
+    let again = fcmesh::data_cmds::replay_rescore(&bus, &store, &scorer2, fcmesh::data_cmds::Position::Seq(1), None, None)
+        .await
+        .expect("rescore again");
+    assert_eq!(again.duplicates, 1, "replaying twice publishes nothing new");
+    let versions: Vec<String> = bus
+        .replay(subjects::STREAM_REWARDS, "fc.reward.run-a.>", DeliverPolicy::All)
+        .await
+        .expect("replay")
+        .map(|d| d.expect("ok").subject)
+        .collect()
+        .await;
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(versions.iter().any(|s| s.ends_with(&version)) && versions.iter().any(|s| s.ends_with(scorer2.version())));
+
+    shutdown.trigger();
+    let _ = t1.await;
+    let _ = t2.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dataset_is_dead_lettered_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bus = Bus::connect(&BusConfig { nats_url: None, data_dir: dir.path().to_path_buf() }).await.expect("bus");
+    let shutdown = Shutdown::new();
+    let cfg = data_ingest::Config::from_source(&source(dir.path())).expect("config");
+    let task = tokio::spawn(data_ingest::run(cfg, bus.clone(), shutdown.clone()));
+    let req = PipelineRequested {
+        dataset: DatasetSpec {
+            source: "/definitely/not/here.json".into(),
+            format: "xlam".into(),
+            answers: None,
+            val_fraction: 0.1,
+            split_seed: 0,
+        },
+        base_model: "unused".into(),
+        sft: serde_json::json!({}),
+        grpo: serde_json::json!({}),
+        eval: serde_json::json!({}),
+        promote: serde_json::json!({}),
+        stages: vec![],
+    };
+    Publisher::new(bus.clone(), "test").emit("run-b", None, &req, "run-b:pipeline_requested:0".into()).await.expect("publish");
+    let (_, dl): (_, fc_events::DeadLettered) = wait_for(&bus, subjects::STREAM_DLQ, "fc.dlq.>").await;
+    assert!(dl.reason.contains("not a readable file"), "{}", dl.reason);
+    assert_eq!(dl.consumer, "data-ingest");
+    shutdown.trigger();
+    let _ = task.await;
+}
