@@ -14,9 +14,9 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --lib --bins --tests
 
-## bench: benchmarks, peers side by side in the same run (bus: embedded vs JetStream vs raw async-nats)
+## bench: benchmarks with their peers side by side in the same run (bus, rewards, SFT step)
 bench: deps
-	$(CARGO) run --release -p fc-integration-tests --bin bench-bus
+	bash scripts/bench/run_all.sh
 
 build:
 	$(CARGO) build -p fcmesh

@@ -194,3 +194,71 @@ async fn a_missing_dataset_is_dead_lettered_with_its_reason() {
     shutdown.trigger();
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluate_a_merged_model_then_promote_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data_dir = dir.path().to_path_buf();
+    let bus = Bus::connect(&BusConfig { nats_url: None, data_dir: data_dir.clone() }).await.expect("bus");
+    let store = ArtifactStore::local(&data_dir);
+    let publisher = Publisher::new(bus.clone(), "test");
+
+    // The run's history: its request (eval and promote settings) and its datasets.
+    let records = fc_data::generate(80, 5);
+    let input = dir.path().join("in.json");
+    let mut buf = Vec::new();
+    fc_data::write_xlam_json(&records, &mut buf).expect("write");
+    std::fs::write(&input, &buf).expect("write");
+    let spec = DatasetSpec { source: input.display().to_string(), format: "xlam".into(), answers: None, val_fraction: 0.2, split_seed: 0 };
+    let req = PipelineRequested {
+        dataset: spec.clone(),
+        base_model: "unused".into(),
+        sft: serde_json::json!({}),
+        grpo: serde_json::json!({}),
+        eval: serde_json::json!({"max_samples": 5, "max_tokens": 8}),
+        promote: serde_json::json!({"min_parse_rate": 0.0}),
+        stages: vec![],
+    };
+    publisher.emit("run-e", None, &req, "run-e:pipeline_requested:0".into()).await.expect("publish");
+    let ingested = data_ingest::ingest_to_artifacts(&spec, &store, &dir.path().join("work")).await.expect("ingest");
+    publisher.emit("run-e", None, &ingested, "run-e:dataset_ingested:0".into()).await.expect("publish");
+
+    // A "merged" model: the tiny preset, stored as a model artifact.
+    let template = fc_chat::ChatTemplate::new(fc_model::tiny::QWEN3_CHAT_TEMPLATE).expect("template");
+    let mut texts = Vec::new();
+    for item in fc_data::load(buf.as_slice(), fc_data::Format::Xlam, None) {
+        let s = item.expect("read").result.expect("valid");
+        texts.push(template.render(&fc_chat::sample::training_request(&s)).expect("render"));
+    }
+    let model_dir = dir.path().join("tiny");
+    fc_model::init_tiny(&texts, 1, &model_dir).expect("tiny model");
+    let model = store.put_dir(&model_dir, fc_events::ArtifactKind::Model, "tiny").await.expect("model artifact");
+    let merged = fc_events::ModelMerged {
+        stage: fc_events::Stage::Sft,
+        model: model.clone(),
+        base_model: model.clone(),
+        adapter: model.clone(),
+        gguf: None,
+    };
+
+    let shutdown = Shutdown::new();
+    let cfg = evaluator::Config::from_source(&source(&data_dir)).expect("config");
+    let task = tokio::spawn(evaluator::run(cfg, bus.clone(), shutdown.clone()));
+    publisher.emit("run-e", None, &merged, "run-e:model_merged:sft".into()).await.expect("publish");
+    let (_, done): (_, fc_events::EvalCompleted) =
+        wait_for(&bus, subjects::STREAM_RUNS, &subjects::run_event_filter("eval_completed")).await;
+    assert_eq!(done.metrics.count, 5);
+    assert_eq!(done.model, model);
+    assert_eq!(done.dataset, ingested.val);
+    let report_dir = store.fetch(done.report.as_ref().expect("report")).await.expect("report artifact");
+    assert!(report_dir.join("report.md").exists() && report_dir.join("chart.png").exists());
+    let (_, promoted): (_, fc_events::ModelPromoted) =
+        wait_for(&bus, subjects::STREAM_RUNS, &subjects::run_event_filter("model_promoted")).await;
+    assert_eq!(promoted.model, model);
+    let ptr = bus.kv_get(subjects::KV_POINTERS, subjects::KEY_PROMOTED).await.expect("kv").expect("promoted pointer");
+    let ptr: evaluator::PromotedPointer = serde_json::from_slice(&ptr.value).expect("pointer json");
+    assert_eq!(ptr.model.sha256, model.sha256);
+    assert_eq!(ptr.run_id, "run-e");
+    shutdown.trigger();
+    let _ = task.await;
+}

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context};
 use fc_data::{BfclAnswers, Format, Sample};
-use fc_eval::{Evaluator, Predictions, RunReport};
+use fc_eval::Predictions;
 
 #[derive(Debug, Clone)]
 pub struct EvalArgs {
@@ -45,33 +45,6 @@ pub fn load_samples(data: &Path, format: &str, answers: Option<&Path>) -> anyhow
     Ok((samples, rejected))
 }
 
-/// Greedy completions of `samples` from the model in `model_dir`, batched by the engine.
-pub fn generate_predictions(model_dir: &Path, samples: &[Sample], max_tokens: usize) -> anyhow::Result<Predictions> {
-    let tok = fc_chat::Tokenizer::from_dir(model_dir).with_context(|| format!("tokenizer in {}", model_dir.display()))?;
-    let mut prompts = Vec::with_capacity(samples.len());
-    for s in samples {
-        let (_, ids) = tok.apply_chat_template(&fc_chat::sample::prompt_request(s))?;
-        prompts.push(ids);
-    }
-    let model = fc_model::Model::load(model_dir, &fc_model::Device::Cpu, fc_model::DType::F32)
-        .with_context(|| format!("model in {}", model_dir.display()))?;
-    let engine = fc_engine::Engine::start(model, tok, fc_engine::EngineConfig::default())?;
-    let params = fc_engine::SamplingParams {
-        temperature: 0.0,
-        max_tokens,
-        skip_special_tokens: true,
-        stop_at_eos: true,
-        ..Default::default()
-    };
-    let outs = engine.generate_batch(&prompts, &params)?;
-    engine.shutdown();
-    let mut preds = Predictions::new();
-    for (s, o) in samples.iter().zip(outs) {
-        preds.insert(s.id.clone(), o.text);
-    }
-    Ok(preds)
-}
-
 /// Runs an evaluation and writes `report.json`, `report.md` and `chart.png` into `out`.
 /// Returns the JSON printed on stdout.
 pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
@@ -84,18 +57,12 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     }
     let preds = match (&args.predictions, &args.model) {
         (Some(p), _) => Predictions::from_path(p)?,
-        (None, Some(m)) => generate_predictions(m, &samples, args.max_tokens)?,
+        (None, Some(m)) => evaluator::generate_predictions(m, &samples, args.max_tokens).map_err(anyhow::Error::msg)?,
         (None, None) => bail!("give --model (to generate) or --predictions"),
     };
     let unmatched = fc_eval::unmatched_predictions(&samples, &preds);
-    let verdicts = Evaluator::new().evaluate(&samples, &preds, args.split.as_deref());
-    let summary = fc_eval::summarize(&verdicts);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let report = RunReport::new(args.name.clone(), summary.clone(), verdicts);
-    std::fs::write(args.out.join("report.json"), report.to_json()?)?;
-    let runs = [report];
-    std::fs::write(args.out.join("report.md"), fc_eval::markdown_table(&runs))?;
-    fc_eval::render_chart(&runs, &args.out.join("chart.png"))?;
+    let summary = evaluator::score_and_report(&args.name, &samples, &preds, args.split.as_deref(), &args.out)
+        .map_err(anyhow::Error::msg)?;
     let m = &summary.overall;
     let mut out = serde_json::json!({
         "parse_rate": m.parse_rate,
