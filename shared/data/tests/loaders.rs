@@ -301,12 +301,46 @@ mod never_panic {
         }
     }
 
+    /// The ingest driver on any input: it never panics, and every record read is either
+    /// accepted (and lands in exactly one split) or rejected with a dead-letter line.
+    fn ingest_accounts_for_everything(raw: &str) -> Result<(), TestCaseError> {
+        for f in [Format::Xlam, Format::Openai, Format::Sharegpt, Format::Processed] {
+            let (mut train, mut val, mut rejects) = (Vec::new(), Vec::new(), Vec::new());
+            let mut sinks = fc_data::IngestSinks { train: &mut train, val: &mut val, rejects: &mut rejects, progress: None };
+            let opts = fc_data::IngestOptions { val_fraction: 0.5, ..Default::default() };
+            match fc_data::ingest(raw.as_bytes(), f, None, &opts, &mut sinks) {
+                Ok(rep) => {
+                    prop_assert_eq!(rep.read, rep.accepted + rep.rejected_total());
+                    prop_assert_eq!(rep.accepted, rep.train + rep.val);
+                    let lines = |b: &[u8]| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count() as u64;
+                    prop_assert_eq!(lines(&rejects), rep.rejected_total());
+                    prop_assert_eq!(lines(&train), rep.train);
+                    prop_assert_eq!(lines(&val), rep.val);
+                }
+                // A fatal error (unreadable framing) is reported, never a panic.
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
         #[test]
         fn arbitrary_text(raw in ".{0,300}") {
             all_formats(&raw);
+            ingest_accounts_for_everything(&raw)?;
+        }
+
+        #[test]
+        fn ingest_of_mixed_good_and_bad_lines(good in 0usize..4, bad in proptest::collection::vec(".{0,60}", 0..4)) {
+            let mut lines: Vec<String> = (0..good)
+                .map(|i| json!({"id": i, "query": "weather in Paris", "tools": "[{\"name\": \"w\", \"parameters\": {\"city\": {\"type\": \"str\"}}}]",
+                                "answers": "[{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}]"}).to_string())
+                .collect();
+            lines.extend(bad.into_iter().map(|b| b.replace('\n', " ")).filter(|b| !b.trim().is_empty()));
+            ingest_accounts_for_everything(&lines.join("\n"))?;
         }
 
         #[test]
