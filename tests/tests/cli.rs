@@ -72,6 +72,21 @@ fn data_model_and_eval_commands() {
     let args = ["generate", "--model", model_s, "--prompt", "hi", "--max-tokens", "6", "--temperature", "1.0", "--seed", "9"];
     assert_eq!(fcmesh(&args, d).0, fcmesh(&args, d).0);
 
+    // Merge an adapter into it, with a Q8_0 GGUF beside the HF files.
+    let base = fc_model::Model::load(&model, &fc_model::Device::Cpu, fc_model::DType::F32).expect("load tiny");
+    let adapter = fc_model::LoraAdapter::new(&base, fc_model::LoraConfig { r: 4, ..Default::default() }, 1).expect("adapter");
+    let adapter_dir = d.join("adapter");
+    adapter.save_peft(&adapter_dir).expect("save adapter");
+    let merged = d.join("merged");
+    let (stdout, _) = fcmesh(
+        &["merge", "--model", model_s, "--adapter", adapter_dir.to_str().expect("p"), "--out", merged.to_str().expect("p"), "--gguf", "q8_0"],
+        d,
+    );
+    let m = json(&stdout);
+    assert_eq!(m["lora_r"], 4);
+    assert!(merged.join("config.json").exists() && merged.join("tokenizer.json").exists());
+    assert!(m["gguf"].as_str().map(|p| Path::new(p).exists()).unwrap_or(false), "{m}");
+
     // The chat template of the tiny model renders Qwen3's tool format.
     let req = d.join("req.json");
     std::fs::write(

@@ -262,3 +262,53 @@ async fn evaluate_a_merged_model_then_promote_it() {
     shutdown.trigger();
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merger_turns_sft_completed_into_an_equivalent_merged_model() {
+    use fc_model::{Device, LoraAdapter, LoraConfig, Model, Tensor};
+    let dir = tempfile::tempdir().expect("tmp");
+    let data_dir = dir.path().to_path_buf();
+    let bus = Bus::connect(&BusConfig { nats_url: None, data_dir: data_dir.clone() }).await.expect("bus");
+    let store = ArtifactStore::local(&data_dir);
+    let texts: Vec<String> = (0..60).map(|i| format!("<|im_start|>user\nweather in city {i}<|im_end|>\n")).collect();
+    let base_dir = dir.path().join("base");
+    let base = fc_model::init_tiny(&texts, 2, &base_dir).expect("tiny");
+    let adapter = LoraAdapter::new(&base, LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, ..Default::default() }, 1).expect("adapter");
+    for (k, v) in adapter.vars().iter().enumerate() {
+        if k % 2 == 1 {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &Device::Cpu).expect("randn")).expect("set"); // non-zero B
+        }
+    }
+    let adapter_dir = dir.path().join("adapter");
+    adapter.save_peft(&adapter_dir).expect("save adapter");
+    let base_ref = store.put_dir(&base_dir, fc_events::ArtifactKind::Model, "base").await.expect("put");
+    let adapter_ref = store.put_dir(&adapter_dir, fc_events::ArtifactKind::Adapter, "adapter").await.expect("put");
+
+    let shutdown = Shutdown::new();
+    let cfg = merger::Config::from_source(&source(&data_dir)).expect("config");
+    let task = tokio::spawn(merger::run(cfg, bus.clone(), shutdown.clone()));
+    let done = fc_events::SftCompleted {
+        adapter: adapter_ref.clone(),
+        base_model: base_ref.clone(),
+        steps: 1,
+        train_loss_first: 1.0,
+        train_loss_last: 0.5,
+        val_loss: None,
+        tokens_per_second: 1.0,
+    };
+    Publisher::new(bus.clone(), "test").emit("run-m", None, &done, "run-m:sft_completed:0".into()).await.expect("publish");
+    let (_, merged): (_, fc_events::ModelMerged) =
+        wait_for(&bus, subjects::STREAM_RUNS, &subjects::run_event_filter("model_merged")).await;
+    assert_eq!(merged.stage, fc_events::Stage::Sft);
+    assert_eq!((merged.adapter, merged.base_model), (adapter_ref, base_ref));
+    let merged_dir = store.fetch(&merged.model).await.expect("merged artifact");
+    assert!(merged_dir.join("tokenizer.json").exists(), "tokenizer files travel with the merged model");
+    let merged_model = Model::load(&merged_dir, &Device::Cpu, fc_model::DType::F32).expect("load merged");
+    let ids = Tensor::new(&[[1u32, 7, 42, 9, 3]], &Device::Cpu).expect("ids");
+    let a = merged_model.forward(&ids, &mut merged_model.new_cache(), None).expect("merged forward");
+    let b = base.forward(&ids, &mut base.new_cache(), Some(&adapter)).expect("adapter forward");
+    let diff = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).expect("diff");
+    assert!(diff < 1e-4, "merged logits equal the adapter-on logits: max diff {diff}");
+    shutdown.trigger();
+    let _ = task.await;
+}

@@ -119,6 +119,18 @@ enum Command {
         #[arg(long, default_value = "eval")]
         name: String,
     },
+    /// Merge a LoRA adapter into its base model: an HF model dir (and optionally GGUF); prints JSON.
+    Merge {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write OUT/model-<type>.gguf: q8_0, q4_0, q4_k, f16 or f32.
+        #[arg(long, value_parser = merger::parse_gguf)]
+        gguf: Option<fc_model::GgufDType>,
+    },
     /// Replay a stream.
     Replay {
         #[command(subcommand)]
@@ -246,6 +258,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::InitModel { .. } => "init-model",
         Command::Replay { .. } => "replay",
         Command::Eval { .. } => "eval",
+        Command::Merge { .. } => "merge",
         Command::Generate { .. } => "generate",
         Command::ChatTemplate { .. } => "chat-template",
         Command::Demo { .. } => "demo",
@@ -309,6 +322,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Eval { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name } => {
             let args = fcmesh::eval_cmd::EvalArgs { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name };
             let v = off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Merge { model, adapter, out, gguf } => {
+            let v = off_runtime(move || merger::merge(&model, &adapter, &out, gguf).map_err(anyhow::Error::msg)).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -468,7 +486,7 @@ async fn demo(config: &std::path::Path) -> anyhow::Result<()> {
         ("bus + services", "done", "8 services on the embedded bus, /health and /metrics served"),
         ("ingest", "done", "data-ingest: DatasetIngested with train/val/rejects artifacts"),
         ("eval", "done", "the untrained model scored with fc-eval (engine-batched greedy decoding)"),
-        ("sft + merge", "pending", "sft-trainer and merger land with issue #6"),
+        ("sft", "pending", "sft-trainer lands with issue #6 (merger is live: SftCompleted -> ModelMerged)"),
         ("grpo", "pending", "rollout-generator and grpo-learner: GRPO issue (reward-scorer is live)"),
         ("promote + serve", "pending", "promotion and the gateway chat API: later issues"),
     ] {

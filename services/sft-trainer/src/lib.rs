@@ -8,6 +8,8 @@ use fc_events::subjects;
 use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec};
 use fc_runtime::{service, ServiceError, Shutdown};
 
+pub mod train;
+
 pub const NAME: &str = "sft-trainer";
 pub const ABOUT: &str = "LoRA supervised fine-tuning driven by DatasetIngested events, with checkpoints and exact resume";
 /// Fixed per service so all eight can run side by side (`fcmesh run --all`).
