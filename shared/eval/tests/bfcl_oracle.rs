@@ -85,9 +85,15 @@ fn ground_truth_scores_100_percent() {
     assert_eq!(summary.overall.missing, 0);
     // Exact matching understands BFCL's allowed lists (nested in dict values too).
     assert_eq!(summary.overall.args_exact, 1.0, "gold answers must match exactly");
-    // The lenient (fc-rewards) matcher is not BFCL's; show where it disagrees.
+    // The lenient (fc-rewards) matcher understands the nested allowed lists too.
     let lenient_misses: Vec<&str> = verdicts.iter().filter(|v| !v.func_ok).map(|v| v.id.as_str()).collect();
     let schema_misses: Vec<&str> = verdicts.iter().filter(|v| !v.schema_ok).map(|v| v.id.as_str()).collect();
+    assert!(
+        lenient_misses.is_empty(),
+        "lenient matcher rejects {} gold answers: {lenient_misses:?}",
+        lenient_misses.len()
+    );
+    assert_eq!(summary.overall.func_accuracy, 1.0, "gold answers must match the lenient matcher");
     eprintln!(
         "BFCL oracle: {} samples, ast_accuracy 1.0; schema_hit {:.3} (misses {:?}), func_accuracy {:.3} (misses {:?}), args_exact {:.3}",
         verdicts.len(),

@@ -87,6 +87,16 @@ struct Args<'a> {
     m: &'a Map<String, Value>,
 }
 
+/// `m.get(k)`; small objects (all tool arguments in practice) are scanned,
+/// which beats hashing the key.
+pub(crate) fn get<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
+    if m.len() <= 8 {
+        m.iter().find(|(x, _)| x.as_str() == k).map(|(_, v)| v)
+    } else {
+        m.get(k)
+    }
+}
+
 fn present(v: Option<&Value>) -> Option<&Value> {
     match v {
         None | Some(Value::Null) => None,
@@ -97,7 +107,7 @@ fn present(v: Option<&Value>) -> Option<&Value> {
 
 impl<'a> Args<'a> {
     fn str(&self, k: &str) -> R<&'a str> {
-        match self.m.get(k) {
+        match get(self.m, k) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim()),
             Some(Value::String(_)) => Err(bad(k, "must not be empty")),
             Some(_) => Err(bad(k, "must be a string")),
@@ -106,7 +116,7 @@ impl<'a> Args<'a> {
     }
 
     fn opt_str(&self, k: &str) -> R<Option<&'a str>> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.trim())),
             Some(_) => Err(bad(k, "must be a string")),
@@ -114,7 +124,7 @@ impl<'a> Args<'a> {
     }
 
     fn num(&self, k: &str) -> R<f64> {
-        match self.m.get(k) {
+        match get(self.m, k) {
             Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(k, "not a finite number")),
             Some(_) => Err(bad(k, "must be a number")),
             None => Err(bad(k, "is required")),
@@ -122,7 +132,7 @@ impl<'a> Args<'a> {
     }
 
     fn opt_num(&self, k: &str) -> R<Option<f64>> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(None),
             Some(_) => self.num(k).map(Some),
         }
@@ -145,14 +155,14 @@ impl<'a> Args<'a> {
     }
 
     fn opt_int_in(&self, k: &str, lo: i64, hi: i64, default: i64) -> R<i64> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(default),
             Some(_) => self.int_in(k, lo, hi),
         }
     }
 
     fn opt_bool(&self, k: &str, default: bool) -> R<bool> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
             Some(_) => Err(bad(k, "must be a boolean")),
@@ -160,7 +170,7 @@ impl<'a> Args<'a> {
     }
 
     fn list(&self, k: &str) -> R<&'a Vec<Value>> {
-        match self.m.get(k) {
+        match get(self.m, k) {
             Some(Value::Array(a)) if a.is_empty() => Err(bad(k, "must not be empty")),
             Some(Value::Array(a)) if a.len() > MAX_LIST => Err(bad(k, "too many elements")),
             Some(Value::Array(a)) => Ok(a),
@@ -199,7 +209,7 @@ impl<'a> Args<'a> {
     }
 
     fn opt_date(&self, k: &str) -> R<Option<i64>> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(None),
             Some(_) => self.date(k).map(Some),
         }
@@ -211,7 +221,7 @@ impl<'a> Args<'a> {
     }
 
     fn opt_time(&self, k: &str, default: u32) -> R<u32> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(default),
             Some(_) => self.time(k),
         }
@@ -227,7 +237,7 @@ impl<'a> Args<'a> {
     }
 
     fn opt_one_of(&self, k: &str, options: &[&'static str], default: &'static str) -> R<&'static str> {
-        match present(self.m.get(k)) {
+        match present(get(self.m, k)) {
             None => Ok(default),
             Some(_) => self.one_of(k, options),
         }
@@ -270,13 +280,28 @@ fn hash_value(v: &Value, h: &mut u64, depth: usize) {
             fnv(h, b"]");
         }
         Value::Object(o) => {
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
+            // Members in key order (key-order independence) without a heap
+            // allocation for the usual small objects.
+            const SMALL: usize = 16;
             fnv(h, b"{");
-            for k in keys {
-                fnv(h, k.as_bytes());
-                fnv(h, &[0]);
-                if let Some(x) = o.get(k) {
+            if o.len() <= SMALL {
+                let mut buf: [(&str, &Value); SMALL] = [("", &Value::Null); SMALL];
+                for (slot, (k, x)) in buf.iter_mut().zip(o) {
+                    *slot = (k.as_str(), x);
+                }
+                let members = &mut buf[..o.len()];
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, x) in members.iter() {
+                    fnv(h, k.as_bytes());
+                    fnv(h, &[0]);
+                    hash_value(x, h, depth + 1);
+                }
+            } else {
+                let mut members: Vec<(&String, &Value)> = o.iter().collect();
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, x) in members {
+                    fnv(h, k.as_bytes());
+                    fnv(h, &[0]);
                     hash_value(x, h, depth + 1);
                 }
             }
@@ -337,6 +362,15 @@ impl Fake {
     fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
         xs[self.0.random_range(0..xs.len())]
     }
+}
+
+/// `obj` with `key` appended (last, as `json!` would place it), moving
+/// `items` in: `json!({.., "key": items})` would serialize (deep-copy) it.
+fn append(mut obj: Value, key: &str, items: impl Into<Value>) -> Value {
+    if let Value::Object(m) = &mut obj {
+        m.insert(key.to_string(), items.into());
+    }
+    obj
 }
 
 fn round(x: f64, d: i32) -> f64 {
@@ -478,16 +512,30 @@ impl MockExecutor {
     /// used when the offered tool really is the catalogue tool: a
     /// same-named tool with other parameters gets the generic mock).
     pub fn execute(&self, tool: &ToolDef, args: &Value) -> Result<Value, ExecError> {
+        self.execute_resolved(tool, Resolved::of(tool), args, None)
+    }
+
+    /// [`execute`](Self::execute) with the tool's implementation already
+    /// resolved (see [`Resolved::of`]) and, optionally, its compiled
+    /// parameter schema (saves the cache lookup of the generic mock).
+    pub(crate) fn execute_resolved(
+        &self,
+        tool: &ToolDef,
+        resolved: Resolved,
+        args: &Value,
+        validator: Option<&jsonschema::Validator>,
+    ) -> Result<Value, ExecError> {
         let m = match args {
             Value::Object(m) => m,
             _ => return Err(ExecError::Schema("arguments must be an object".into())),
         };
         let mut budget = Budget::new(self.ops_budget);
-        let mut fake = Fake(SplitMix(call_seed(&tool.name, args)));
-        if let Some(f) = implementation_for(tool) {
+        let seed = call_seed(&tool.name, args);
+        let mut fake = Fake(SplitMix(seed));
+        if let Some(f) = resolved.0 {
             return f(&Args { m }, &mut fake, &mut budget);
         }
-        self.generic(tool, args, &mut fake)
+        self.generic(tool, args, seed, &mut fake, validator)
     }
 
     /// Runs a catalogue tool by name only (no offered definition).
@@ -505,10 +553,14 @@ impl MockExecutor {
     /// Schema-driven mock for tools without an implementation: validates
     /// the arguments against the tool's schema and returns a deterministic
     /// fake result object.
-    fn generic(&self, tool: &ToolDef, args: &Value, fake: &mut Fake) -> R<Value> {
-        let v = self.cache.get(&tool.parameters).map_err(ExecError::Schema)?;
-        fc_data::schema::check(&v, args).map_err(ExecError::Schema)?;
-        let id = call_seed(&tool.name, args);
+    fn generic(&self, tool: &ToolDef, args: &Value, id: u64, fake: &mut Fake, validator: Option<&jsonschema::Validator>) -> R<Value> {
+        match validator {
+            Some(v) => fc_data::schema::check(v, args).map_err(ExecError::Schema)?,
+            None => {
+                let v = self.cache.get(&tool.parameters).map_err(ExecError::Schema)?;
+                fc_data::schema::check(&v, args).map_err(ExecError::Schema)?
+            }
+        }
         Ok(json!({
             "status": "ok",
             "tool": tool.name,
@@ -516,6 +568,26 @@ impl MockExecutor {
             "score": fake.f(0.0, 1.0),
             "items": fake.i(0, 20),
         }))
+    }
+}
+
+/// Which implementation runs an offered tool: its catalogue implementation
+/// when the offered schema is compatible with the catalogue tool of that
+/// name, else the generic schema-driven mock. Depends only on the tool
+/// definition, so it can be resolved once per tool and reused.
+#[derive(Clone, Copy)]
+pub struct Resolved(Option<ToolFn>);
+
+impl Resolved {
+    /// Resolves the implementation of `tool`.
+    pub fn of(tool: &ToolDef) -> Resolved {
+        Resolved(implementation_for(tool))
+    }
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Resolved(catalogue)" } else { "Resolved(generic)" })
     }
 }
 
@@ -654,7 +726,7 @@ fn t_forecast(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         out.push(json!({"day": d + 1, "high": temp_in(units, hi), "low": temp_in(units, round(hi - fk.f(4.0, 12.0), 1)),
             "condition": fk.pick(CONDITIONS), "precipitation_chance": fk.i(0, 100)}));
     }
-    Ok(json!({"city": c.name, "units": units, "forecast": out}))
+    Ok(append(json!({"city": c.name, "units": units}), "forecast", out))
 }
 
 fn t_air_quality(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -804,7 +876,7 @@ fn t_prime_factors(a: &Args, _: &mut Fake, b: &mut Budget) -> R<Value> {
     if n > 1 {
         out.push(n);
     }
-    Ok(json!({"number": n0, "factors": out}))
+    Ok(append(json!({"number": n0}), "factors", out))
 }
 
 fn t_factorial(a: &Args, _: &mut Fake, b: &mut Budget) -> R<Value> {
@@ -907,7 +979,7 @@ fn t_flights(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         flights.push(json!({"flight_number": format!("{}{}", fk.pick(&["LH", "BA", "AF", "UA", "DL", "EK"]), fk.i(100, 9999)),
             "departure": fmt_minutes(dep), "duration_minutes": (km / 800.0 * 60.0 + 40.0).round() as i64, "price_usd": price}));
     }
-    Ok(json!({"origin": o.name, "destination": d.name, "date": w::format_date(date), "passengers": pax, "cabin_class": cabin, "flights": flights}))
+    Ok(append(json!({"origin": o.name, "destination": d.name, "date": w::format_date(date), "passengers": pax, "cabin_class": cabin}), "flights", flights))
 }
 
 fn t_hotels(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
@@ -927,7 +999,7 @@ fn t_hotels(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         hotels.push(json!({"name": format!("{} {}", c.name, ["Grand Hotel", "City Inn", "Suites"][i]),
             "stars": fk.i(2, 5), "price_per_night_usd": fk.f(60.0, 450.0)}));
     }
-    Ok(json!({"city": c.name, "nights": co - ci, "guests": guests, "hotels": hotels}))
+    Ok(append(json!({"city": c.name, "nights": co - ci, "guests": guests}), "hotels", hotels))
 }
 
 fn t_flight_status(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -998,7 +1070,7 @@ fn t_list_events(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         ev.push(json!({"date": w::format_date(s + fk.i(0, e - s)), "title": fk.pick(w::EVENT_TITLES), "start_time": fmt_minutes(fk.i(8, 18) * 60)}));
     }
-    Ok(json!({"start_date": w::format_date(s), "end_date": w::format_date(e), "events": ev}))
+    Ok(append(json!({"start_date": w::format_date(s), "end_date": w::format_date(e)}), "events", ev))
 }
 
 fn t_days_between(a: &Args, _: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1053,7 +1125,7 @@ fn t_search_products(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         items.push(json!({"product_id": format!("SKU-{:05}", fk.i(10000, 99999)), "name": format!("{} {}", fk.pick(&["Pro", "Basic", "Ultra", "Eco"]), q),
             "price_usd": round(fk.f(0.05, 1.0) * cap, 2), "rating": fk.f(2.5, 5.0)}));
     }
-    Ok(json!({"query": q, "sort_by": sort, "results": items}))
+    Ok(append(json!({"query": q, "sort_by": sort}), "results", items))
 }
 
 fn t_product_details(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1106,7 +1178,7 @@ fn t_reviews(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         rs.push(json!({"rating": fk.i(min, 5), "text": fk.pick(&["Great value", "Works as described", "Could be better", "Love it"])}));
     }
-    Ok(json!({"product_id": id, "reviews": rs}))
+    Ok(append(json!({"product_id": id}), "reviews", rs))
 }
 
 // ---------------- sports ----------------
@@ -1119,7 +1191,7 @@ fn t_standings(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         rows.push(json!({"position": pos, "team": fk.pick(w::TEAMS), "points": fk.i(40, 95) - pos * 5}));
     }
-    Ok(json!({"league": l, "season": s, "table": rows}))
+    Ok(append(json!({"league": l, "season": s}), "table", rows))
 }
 
 fn team(a: &Args) -> R<&'static str> {
@@ -1148,7 +1220,7 @@ fn t_fixtures(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         day += fk.i(3, 8);
         f.push(json!({"date": w::format_date(day), "opponent": fk.pick(w::TEAMS), "home": fk.i(0, 1) == 1}));
     }
-    Ok(json!({"team": t, "fixtures": f}))
+    Ok(append(json!({"team": t}), "fixtures", f))
 }
 
 fn t_live_score(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1167,7 +1239,7 @@ fn t_top_scorers(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         rows.push(json!({"rank": i + 1, "player": fk.pick(w::PLAYERS), "goals": goals}));
         goals = (goals - fk.i(0, 3)).max(0);
     }
-    Ok(json!({"league": l, "season": s, "scorers": rows}))
+    Ok(append(json!({"league": l, "season": s}), "scorers", rows))
 }
 
 // ---------------- music ----------------
@@ -1181,7 +1253,9 @@ fn t_search_songs(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"title": fk.pick(w::SONGS), "artist": artist.map(str::to_string).unwrap_or_else(|| fk.pick(w::ARTISTS).to_string())}));
     }
-    Ok(json!({"query": q, "results": out, "total": n}))
+    let mut v = append(json!({"query": q}), "results", out);
+    v["total"] = json!(n);
+    Ok(v)
 }
 
 fn t_artist(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1203,7 +1277,7 @@ fn t_album(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         }
         tracks.push(t);
     }
-    Ok(json!({"album": al, "tracks": tracks}))
+    Ok(append(json!({"album": al}), "tracks", tracks))
 }
 
 fn t_playlist(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
@@ -1233,7 +1307,7 @@ fn t_charts(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"rank": i + 1, "title": fk.pick(w::SONGS), "artist": fk.pick(w::ARTISTS)}));
     }
-    Ok(json!({"country_code": cc.to_ascii_uppercase(), "chart": out}))
+    Ok(append(json!({"country_code": cc.to_ascii_uppercase()}), "chart", out))
 }
 
 // ---------------- maps ----------------
@@ -1269,7 +1343,7 @@ fn t_nearby(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"name": format!("{} {} {}", c.name, t, i + 1), "distance_m": fk.i(10, r), "rating": fk.f(3.0, 5.0)}));
     }
-    Ok(json!({"city": c.name, "place_type": t, "places": out}))
+    Ok(append(json!({"city": c.name, "place_type": t}), "places", out))
 }
 
 fn t_geocode(a: &Args, _: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1305,7 +1379,7 @@ fn t_web_search(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"title": format!("{q} - result {}", i + 1), "url": format!("https://example.com/{:x}", fk.i(0, 1 << 40))}));
     }
-    Ok(json!({"query": q, "results": out}))
+    Ok(append(json!({"query": q}), "results", out))
 }
 
 fn t_news(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
@@ -1317,7 +1391,7 @@ fn t_news(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"headline": format!("{} {}", fk.pick(&["Breaking:", "Analysis:", "Update:"]), t), "source": fk.pick(&["Reuters", "AP", "BBC"])}));
     }
-    Ok(json!({"topic": t, "from_date": from.map(w::format_date), "language": lang, "articles": out}))
+    Ok(append(json!({"topic": t, "from_date": from.map(w::format_date), "language": lang}), "articles", out))
 }
 
 fn t_images(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
@@ -1328,7 +1402,7 @@ fn t_images(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"url": format!("https://images.example.com/{:x}.jpg", fk.i(0, 1 << 40)), "width": fk.i(400, 4000)}));
     }
-    Ok(json!({"query": q, "safe_search": safe, "images": out}))
+    Ok(append(json!({"query": q, "safe_search": safe}), "images", out))
 }
 
 fn t_wiki(a: &Args, fk: &mut Fake, _: &mut Budget) -> R<Value> {
@@ -1354,7 +1428,7 @@ fn t_jobs(a: &Args, fk: &mut Fake, b: &mut Budget) -> R<Value> {
         b.tick(1)?;
         out.push(json!({"company": fk.pick(&["Acme", "Globex", "Initech", "Umbrella"]), "title": t, "salary_k_usd": fk.i(40, 200)}));
     }
-    Ok(json!({"city": c.name, "remote": remote, "jobs": out}))
+    Ok(append(json!({"city": c.name, "remote": remote}), "jobs", out))
 }
 
 // ---------------- messaging ----------------

@@ -32,7 +32,7 @@ use fc_data::{Expected, Sample, SchemaCache, ToolDef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use exec::{ExecError, MockExecutor};
+pub use exec::{ExecError, MockExecutor, Resolved};
 pub use semantic::values_equal;
 
 /// Bumped whenever scoring code changes in a way that changes rewards.
@@ -208,7 +208,15 @@ pub struct Score {
 pub struct Prepared<'a> {
     sample: &'a Sample,
     cache: &'static SchemaCache,
-    validators: Vec<OnceLock<Result<Arc<jsonschema::Validator>, String>>>,
+    /// Per offered tool (same index): its validator and implementation,
+    /// resolved on first use.
+    tools: Vec<ToolCell>,
+}
+
+#[derive(Default)]
+struct ToolCell {
+    validator: OnceLock<Result<Arc<jsonschema::Validator>, String>>,
+    resolved: OnceLock<Resolved>,
 }
 
 impl<'a> Prepared<'a> {
@@ -218,8 +226,15 @@ impl<'a> Prepared<'a> {
 
     fn validator(&self, i: usize) -> Option<&Result<Arc<jsonschema::Validator>, String>> {
         let tool = self.sample.tools.get(i)?;
-        let cell = self.validators.get(i)?;
-        Some(cell.get_or_init(|| self.cache.get(&tool.parameters)))
+        let cell = self.tools.get(i)?;
+        Some(cell.validator.get_or_init(|| self.cache.get(&tool.parameters)))
+    }
+
+    fn resolved(&self, i: usize, tool: &ToolDef) -> Resolved {
+        match self.tools.get(i) {
+            Some(cell) => *cell.resolved.get_or_init(|| Resolved::of(tool)),
+            None => Resolved::of(tool),
+        }
     }
 }
 
@@ -260,7 +275,7 @@ impl Scorer {
         Prepared {
             sample,
             cache: self.cache,
-            validators: sample.tools.iter().map(|_| OnceLock::new()).collect(),
+            tools: sample.tools.iter().map(|_| ToolCell::default()).collect(),
         }
     }
 
@@ -343,9 +358,14 @@ impl Scorer {
                 }
                 continue;
             };
-            let valid = match p.validator(i).unwrap_or(&Err(String::new())) {
+            let no_validator = Err(String::new());
+            let mut validator = None;
+            let valid = match p.validator(i).unwrap_or(&no_validator) {
                 Ok(v) => match fc_data::schema::check(v, &c.arguments) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        validator = Some(&**v);
+                        true
+                    }
                     Err(e) => {
                         if d.errors.len() < MAX_ERRORS {
                             d.errors.push(format!("{}: schema: {e}", c.name));
@@ -364,7 +384,7 @@ impl Scorer {
                 continue;
             }
             schema_ok += 1;
-            match self.executor.execute(tool, &c.arguments) {
+            match self.executor.execute_resolved(tool, p.resolved(i, tool), &c.arguments, validator) {
                 Ok(_) => exec_ok += 1,
                 Err(e) => {
                     if d.errors.len() < MAX_ERRORS {

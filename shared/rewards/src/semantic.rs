@@ -57,42 +57,62 @@ fn eq(a: &Value, b: &Value, o: &EqOptions, depth: usize) -> bool {
         }
         (Value::String(x), Value::String(y)) => str_eq(x, y, o.case_insensitive),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q, o, depth + 1)),
-        (Value::Object(x), Value::Object(y)) => obj_eq(x, y, None, o, depth + 1),
+        (Value::Object(x), Value::Object(y)) => obj_eq(x, y, &|| None, o, depth + 1),
         _ => false,
     }
 }
 
-/// Object equality; with `props` (the tool's JSON Schema properties), a
-/// member present on one side only still matches when it equals the
-/// parameter's declared default.
-fn obj_eq(x: &Map<String, Value>, y: &Map<String, Value>, props: Option<&Map<String, Value>>, o: &EqOptions, depth: usize) -> bool {
-    fn get<'m>(m: &'m Map<String, Value>, k: &str) -> Option<&'m Value> {
-        m.get(k).filter(|v| !v.is_null())
-    }
+/// Object equality; with `props` (the tool's JSON Schema properties, looked
+/// up only when needed), a member present on one side only still matches
+/// when it equals the parameter's declared default.
+fn obj_eq<'p>(
+    x: &Map<String, Value>,
+    y: &Map<String, Value>,
+    props: &dyn Fn() -> Option<&'p Map<String, Value>>,
+    o: &EqOptions,
+    depth: usize,
+) -> bool {
     let equals_default = |k: &str, v: &Value| -> bool {
-        props
+        props()
             .and_then(|p| p.get(k))
             .and_then(|s| s.get("default"))
             .is_some_and(|d| eq(v, d, o, depth + 1))
     };
-    let check = |k: &str| match (get(x, k), get(y, k)) {
-        (Some(a), Some(b)) => eq(a, b, o, depth),
-        (None, None) => true,
-        (Some(v), None) | (None, Some(v)) => equals_default(k, v),
-    };
-    x.keys().all(|k| check(k)) && y.keys().filter(|k| !x.contains_key(*k)).all(|k| check(k))
+    // Members of `x`, looked up in `y`; when both list their keys in the
+    // same order (the usual case) the lookup is a plain key comparison.
+    let mut ys = y.iter();
+    let mut found = 0usize;
+    for (k, a) in x {
+        let b = match ys.next() {
+            Some((yk, yv)) if yk == k => Some(yv),
+            _ => crate::exec::get(y, k),
+        };
+        found += b.is_some() as usize;
+        let ok = match (Some(a).filter(|v| !v.is_null()), b.filter(|v| !v.is_null())) {
+            (Some(a), Some(b)) => eq(a, b, o, depth),
+            (None, None) => true,
+            (Some(v), None) | (None, Some(v)) => equals_default(k, v),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    // Members only in `y` (none when every key of `y` was found above).
+    found == y.len() || y.iter().filter(|(k, _)| crate::exec::get(x, k).is_none()).all(|(k, v)| v.is_null() || equals_default(k, v))
 }
 
 fn call_eq(p: &ToolCall, e: &Call, sample: &Sample, o: &EqOptions) -> bool {
     if p.name != e.name {
         return false;
     }
-    let props = sample
-        .tool(&e.name)
-        .and_then(|t| t.parameters.get("properties"))
-        .and_then(|p| p.as_object());
+    let props = || {
+        sample
+            .tool(&e.name)
+            .and_then(|t| t.parameters.get("properties"))
+            .and_then(|p| p.as_object())
+    };
     match (&p.arguments, &e.arguments) {
-        (Value::Object(a), Value::Object(b)) => obj_eq(a, b, props, o, 0),
+        (Value::Object(a), Value::Object(b)) => obj_eq(a, b, &props, o, 0),
         (a, b) => eq(a, b, o, 0),
     }
 }
@@ -113,9 +133,39 @@ fn bfcl_ok(p: &ToolCall, g: &BfclCall, o: &EqOptions) -> bool {
         let list = allowed.as_array().map(|a| a.as_slice()).unwrap_or(&[]);
         match args.get(k) {
             None | Some(Value::Null) => list.iter().any(|v| v.as_str() == Some("")),
-            Some(v) => list.iter().any(|a| eq(v, a, o, 0)),
+            Some(v) => list.iter().any(|a| allowed_eq(v, a, o, 0)),
         }
     })
+}
+
+/// Does `v` equal the BFCL allowed value `a` (normalized equality)? In BFCL
+/// ground truth, dict values are themselves maps of allowed lists
+/// (`{"adults": [2], "note": ["", "x"]}`), also inside lists of dicts; such a
+/// dict matches when every member is one of its allowed values (a missing or
+/// `null` member matches when `""` is allowed) and it has no other members.
+fn allowed_eq(v: &Value, a: &Value, o: &EqOptions, depth: usize) -> bool {
+    if depth > 64 {
+        return false;
+    }
+    if eq(v, a, o, depth) {
+        return true;
+    }
+    match (v, a) {
+        (Value::Object(vm), Value::Object(am)) if am.values().all(Value::is_array) => {
+            vm.iter().all(|(k, x)| x.is_null() || am.contains_key(k))
+                && am.iter().all(|(k, allowed)| {
+                    let list = allowed.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                    match vm.get(k) {
+                        None | Some(Value::Null) => list.iter().any(|x| x.as_str() == Some("")),
+                        Some(x) => list.iter().any(|y| allowed_eq(x, y, o, depth + 1)),
+                    }
+                })
+        }
+        (Value::Array(vs), Value::Array(items)) => {
+            vs.len() == items.len() && vs.iter().zip(items).all(|(x, y)| allowed_eq(x, y, o, depth + 1))
+        }
+        _ => false,
+    }
 }
 
 /// Maximum bipartite matching (Kuhn) between predictions and expectations.
@@ -177,6 +227,29 @@ mod tests {
         assert!(values_equal(&json!({"a": [1, 2], "b": null}), &json!({"a": [1.0, 2]}), true, 1e-6));
         assert!(!values_equal(&json!([1, 2]), &json!([2, 1]), true, 1e-6));
         assert!(values_equal(&json!(0.1 + 0.2), &json!(0.3), true, 1e-6));
+    }
+
+    #[test]
+    fn bfcl_nested_allowed_lists() {
+        let o = EqOptions {
+            case_insensitive: true,
+            tolerance: 1e-6,
+        };
+        let g = BfclCall {
+            name: "book".into(),
+            allowed: serde_json::from_value(json!({
+                "guests": [{"adults": [2], "note": ["", "window"]}],
+                "rooms": [[{"kind": ["double", "Double"], "n": [1]}]],
+            }))
+            .unwrap(),
+        };
+        let call = |args: Value| ToolCall::new("book".to_string(), args);
+        assert!(bfcl_ok(&call(json!({"guests": {"adults": 2}, "rooms": [{"kind": "double", "n": 1.0}]})), &g, &o));
+        assert!(bfcl_ok(&call(json!({"guests": {"adults": 2, "note": " Window"}, "rooms": [{"kind": "DOUBLE", "n": 1}]})), &g, &o));
+        assert!(!bfcl_ok(&call(json!({"guests": {"adults": 3}, "rooms": [{"kind": "double", "n": 1}]})), &g, &o));
+        assert!(!bfcl_ok(&call(json!({"guests": {"adults": 2, "pets": 1}, "rooms": [{"kind": "double", "n": 1}]})), &g, &o));
+        assert!(!bfcl_ok(&call(json!({"guests": {"note": "window"}, "rooms": [{"kind": "double", "n": 1}]})), &g, &o));
+        assert!(!bfcl_ok(&call(json!({"guests": {"adults": 2}, "rooms": []})), &g, &o));
     }
 
     #[test]
