@@ -72,6 +72,19 @@ fn data_model_and_eval_commands() {
     let args = ["generate", "--model", model_s, "--prompt", "hi", "--max-tokens", "6", "--temperature", "1.0", "--seed", "9"];
     assert_eq!(fcmesh(&args, d).0, fcmesh(&args, d).0);
 
+    // A few SFT steps on the ingested data (the from-scratch recipe for a tiny preset).
+    let sft_out = d.join("sft");
+    let (stdout, _) = fcmesh(
+        &["sft", "--model", model_s, "--data", out_dir.to_str().expect("p"), "--out", sft_out.to_str().expect("p"), "--max-steps", "3"],
+        d,
+    );
+    let r = json(&stdout);
+    assert_eq!(r["steps"], 3, "{r}");
+    for k in ["train_loss_first", "train_loss_last", "val_loss", "tokens_per_second"] {
+        assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k}: {r}");
+    }
+    assert!(sft_out.join("adapter/adapter_model.safetensors").exists(), "{r}");
+
     // Merge an adapter into it, with a Q8_0 GGUF beside the HF files.
     let base = fc_model::Model::load(&model, &fc_model::Device::Cpu, fc_model::DType::F32).expect("load tiny");
     let adapter = fc_model::LoraAdapter::new(&base, fc_model::LoraConfig { r: 4, ..Default::default() }, 1).expect("adapter");

@@ -119,6 +119,23 @@ enum Command {
         #[arg(long, default_value = "eval")]
         name: String,
     },
+    /// LoRA SFT on an ingested dataset dir (train.jsonl, val.jsonl); prints JSON: steps,
+    /// train_loss_first, train_loss_last, val_loss, tokens_per_second, adapter.
+    Sft {
+        #[arg(long)]
+        model: PathBuf,
+        /// A dir written by `fcmesh ingest` (train.jsonl, optional val.jsonl).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// SFT config TOML (missing keys take defaults). Default recipe: the seed's (r32/a64,
+        /// lr 2e-4, 3 epochs, assistant-only loss), or the from-scratch recipe for a tiny preset.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        max_steps: Option<usize>,
+    },
     /// Merge a LoRA adapter into its base model: an HF model dir (and optionally GGUF); prints JSON.
     Merge {
         #[arg(long)]
@@ -238,6 +255,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     tracing::Instrument::instrument(run_command(cli), span).await
 }
 
+/// A fresh tiny preset (trained from scratch, so it gets the from-scratch recipe): small
+/// enough that no real checkpoint looks like it.
+fn is_tiny_preset(model_dir: &std::path::Path) -> bool {
+    fc_model::ModelConfig::from_file(&model_dir.join("config.json"))
+        .map(|c| c.hidden_size <= 256 && c.num_hidden_layers <= 8)
+        .unwrap_or(false)
+}
+
 /// Runs blocking work on a plain thread: the engine's blocking API refuses to run on a
 /// runtime thread (spawn_blocking threads count), where it could starve the executor.
 async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
@@ -259,6 +284,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Replay { .. } => "replay",
         Command::Eval { .. } => "eval",
         Command::Merge { .. } => "merge",
+        Command::Sft { .. } => "sft",
         Command::Generate { .. } => "generate",
         Command::ChatTemplate { .. } => "chat-template",
         Command::Demo { .. } => "demo",
@@ -323,6 +349,42 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let args = fcmesh::eval_cmd::EvalArgs { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name };
             let v = off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Sft { model, data, out, config, max_steps } => {
+            let mut cfg = match &config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                    toml::from_str::<sft_trainer::train::SftConfig>(&text).with_context(|| format!("{} is not a valid SFT config", p.display()))?
+                }
+                None if is_tiny_preset(&model) => sft_trainer::train::SftConfig::tiny_from_scratch(),
+                None => sft_trainer::train::SftConfig::default(),
+            };
+            if max_steps.is_some() {
+                cfg.max_steps = max_steps;
+            }
+            let train = data.join("train.jsonl");
+            if !train.is_file() {
+                bail!("{} has no train.jsonl (run `fcmesh ingest` first)", data.display());
+            }
+            let val = Some(data.join("val.jsonl")).filter(|p| p.is_file());
+            let report = off_runtime(move || {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} step {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let mut on_step = |s: sft_trainer::train::StepInfo| {
+                    bar.set_length(s.total_steps as u64);
+                    bar.set_position(s.step as u64);
+                    bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", s.loss, s.learning_rate, s.tokens_per_second));
+                };
+                let r = sft_trainer::train::train(&cfg, &model, &train, val.as_deref(), &out, &mut on_step);
+                bar.finish_and_clear();
+                r.map_err(anyhow::Error::from)
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Merge { model, adapter, out, gguf } => {

@@ -205,29 +205,31 @@ impl Example {
 
 /// Tokenizes one sample: prompt ids + completion ids from the chat template split;
 /// labels cover the completion (or everything but the first token with
-/// `train_on_prompt`); truncated to `cutoff_len`.
-pub fn tokenize_sample(tok: &Tokenizer, s: &Sample, cutoff_len: usize, train_on_prompt: bool) -> Result<Example> {
+/// `train_on_prompt`); truncated to `cutoff_len`. `None` when the sample has no
+/// expected assistant turn (nothing to learn).
+pub fn tokenize_sample(tok: &Tokenizer, s: &Sample, cutoff_len: usize, train_on_prompt: bool) -> Result<Option<Example>> {
     let req = fc_chat::sample::training_request(s);
+    if req.messages.last().map(|m| m.role.as_str()) != Some("assistant") {
+        return Ok(None);
+    }
     let (_, prompt_ids, _, completion_ids) = tok.apply_chat_template_split(&req)?;
     let mut ids = prompt_ids.clone();
     ids.extend_from_slice(&completion_ids);
     let mut labels: Vec<bool> = (0..ids.len()).map(|i| if train_on_prompt { i > 0 } else { i >= prompt_ids.len() }).collect();
     ids.truncate(cutoff_len);
     labels.truncate(cutoff_len);
-    Ok(Example { ids, labels })
+    Ok(Some(Example { ids, labels }))
 }
 
 /// [`tokenize_sample`] over many samples, dropping those left with no loss target
-/// (returned count = dropped).
+/// or with no assistant turn (returned count = dropped).
 pub fn tokenize_samples(tok: &Tokenizer, samples: &[Sample], cutoff_len: usize, train_on_prompt: bool) -> Result<(Vec<Example>, usize)> {
     let mut out = Vec::with_capacity(samples.len());
     let mut dropped = 0;
     for s in samples {
-        let e = tokenize_sample(tok, s, cutoff_len, train_on_prompt)?;
-        if e.len() >= 2 && e.num_targets() > 0 {
-            out.push(e);
-        } else {
-            dropped += 1;
+        match tokenize_sample(tok, s, cutoff_len, train_on_prompt)? {
+            Some(e) if e.len() >= 2 && e.num_targets() > 0 => out.push(e),
+            _ => dropped += 1,
         }
     }
     Ok((out, dropped))
