@@ -136,8 +136,8 @@ pub struct DecoderLayer {
 /// forked into several continuations.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    seq_len: usize,
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) seq_len: usize,
 }
 
 /// Allocation granularity of the KV buffers (positions).
@@ -183,9 +183,21 @@ impl KvCache {
         self.seq_len = self.seq_len.min(len);
     }
 
+    /// A deep copy that reports allocation failure (`clone` degrades to empty slots).
+    pub fn fork(&self) -> Result<Self> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(match l {
+                Some((k, v)) => Some((k.copy()?, v.copy()?)),
+                None => None,
+            });
+        }
+        Ok(KvCache { layers, seq_len: self.seq_len })
+    }
+
     /// Writes `k`, `v` (`[B, Hkv, t, D]`) at position `offset` of layer `i` and returns
     /// views of the first `offset + t` positions.
-    fn append(
+    pub(crate) fn append(
         &mut self,
         i: usize,
         k: &Tensor,

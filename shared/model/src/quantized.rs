@@ -13,7 +13,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{gguf_proj_name, quantize_model, GgufDType};
-use crate::model::{Model, Proj};
+use crate::model::{KvCache, Model, Proj};
 use candle_core::quantized::gguf_file::{self, Value as GValue};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -24,7 +24,6 @@ use std::sync::Arc;
 /// Additive mask value for future positions (activations are f32 here).
 const MASK: f32 = -1.0e9;
 /// Allocation granularity of the KV buffers (positions).
-const KV_CHUNK: usize = 256;
 
 /// Token embedding table: dense (F32/F16 files) or still in its quantized blocks
 /// (rows are dequantized on lookup, so a Q8_0 table costs ~1/4 of f32 memory).
@@ -44,94 +43,9 @@ struct QLayer {
     proj: Vec<QMatMul>,
 }
 
-/// KV cache of a [`QuantizedModel`]; same contract as [`crate::KvCache`] (caller-owned,
-/// one length for the whole batch, preallocated buffers written in place). Not `Clone`:
-/// buffers are written in place, so a shallow copy would alias; use [`QKvCache::fork`].
-#[derive(Debug)]
-pub struct QKvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    seq_len: usize,
-}
-
-impl QKvCache {
-    pub fn new(num_layers: usize) -> Self {
-        QKvCache {
-            layers: vec![None; num_layers],
-            seq_len: 0,
-        }
-    }
-    /// Number of positions already cached (the position offset of the next token).
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-    pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
-        self.seq_len = 0;
-    }
-    /// Forgets cached positions beyond `len`.
-    pub fn truncate(&mut self, len: usize) {
-        self.seq_len = self.seq_len.min(len);
-    }
-    /// A deep copy, e.g. to continue a cached prompt prefix several ways.
-    pub fn fork(&self) -> Result<Self> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
-            layers.push(match l {
-                Some((k, v)) => Some((k.copy()?, v.copy()?)),
-                None => None,
-            });
-        }
-        Ok(QKvCache {
-            layers,
-            seq_len: self.seq_len,
-        })
-    }
-
-    /// Writes `k`, `v` (`[B, Hkv, t, D]`) at `offset` in layer `i`; returns views of
-    /// the first `offset + t` positions.
-    fn append(
-        &mut self,
-        i: usize,
-        k: &Tensor,
-        v: &Tensor,
-        offset: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let (b, h, t, d) = k.dims4()?;
-        let need = offset + t;
-        let slot = self
-            .layers
-            .get_mut(i)
-            .ok_or_else(|| ModelError::Input("KV cache has too few layers".into()))?;
-        let cap = match slot {
-            Some((ck, _)) => {
-                let (cb, ch, cap, cd) = ck.dims4()?;
-                if (cb, ch, cd) != (b, h, d) {
-                    return Err(ModelError::Input(format!(
-                        "KV cache holds batch {cb}, not {b}; reset it between batches"
-                    )));
-                }
-                cap
-            }
-            None => 0,
-        };
-        if cap < need {
-            let new_cap = (need.div_ceil(KV_CHUNK).max(1) * KV_CHUNK).max(2 * cap);
-            let nk = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
-            let nv = Tensor::zeros((b, h, new_cap, d), v.dtype(), v.device())?;
-            if let (Some((ok, ov)), true) = (slot.as_ref(), offset > 0) {
-                nk.slice_set(&ok.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
-                nv.slice_set(&ov.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
-            }
-            *slot = Some((nk, nv));
-        }
-        let (ck, cv) = slot
-            .as_ref()
-            .ok_or_else(|| ModelError::Input("KV cache slot".into()))?;
-        ck.slice_set(&k.contiguous()?, 2, offset)?;
-        cv.slice_set(&v.contiguous()?, 2, offset)?;
-        Ok((ck.narrow(2, 0, need)?, cv.narrow(2, 0, need)?))
-    }
-}
+/// KV cache of a [`QuantizedModel`]: the dense model's [`KvCache`] (same layout, same
+/// in-place buffers), under the name the quantized API has always used.
+pub type QKvCache = KvCache;
 
 /// A Qwen3 decoder with quantized projections, for inference only.
 #[derive(Debug, Clone)]
