@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fc_artifacts::{ArtifactKind, ArtifactStore};
-use fc_bus::{Bus, BusConfig, BusError, ConsumerConfig, DeliverPolicy, Delivery};
+use fc_bus::{Bus, BusConfig, BusError, ConsumerConfig, Delivery};
 use fc_data::Sample;
 use fc_eval::{Evaluator, Predictions, RunReport, Summary};
 use fc_events::{
@@ -22,7 +22,6 @@ use fc_events::{
 };
 use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec};
 use fc_runtime::{service, HandlerError, Publisher, ServiceError, Shutdown, Worker};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "evaluator";
@@ -158,16 +157,7 @@ pub fn event_metrics(s: &Summary) -> EvalMetrics {
     }
 }
 
-/// The first event of type `P` in `run`'s history (state is a projection of the log).
-pub async fn first_run_event<P: EventPayload>(bus: &Bus, run: &str) -> Result<Option<P>, BusError> {
-    let mut s = bus.replay(subjects::STREAM_RUNS, &subjects::run_event(run, P::TYPE), DeliverPolicy::All).await?;
-    while let Some(d) = s.next().await {
-        if let Ok(p) = d?.envelope().and_then(|e| e.decode::<P>()) {
-            return Ok(Some(p));
-        }
-    }
-    Ok(None)
-}
+pub use fc_runtime::history::first_run_event;
 
 /// Runs blocking work on a plain thread (the engine refuses runtime threads).
 async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -129,12 +128,18 @@ enum Command {
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// SFT config TOML (missing keys take defaults). Default recipe: the seed's (r32/a64,
-        /// lr 2e-4, 3 epochs, assistant-only loss), or the from-scratch recipe for a tiny preset.
+        /// SFT config TOML, laid over the default recipe: the seed's (r32/a64, lr 2e-4,
+        /// 3 epochs, assistant-only loss), or the from-scratch recipe for a tiny preset.
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
         max_steps: Option<usize>,
+        /// Write a checkpoint (adapter, optimizer, data position) to OUT/checkpoints every N steps.
+        #[arg(long, default_value_t = 0)]
+        checkpoint_every: usize,
+        /// Continue from a checkpoint dir (OUT/checkpoints/step-NNNNNN) of the same config and data.
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Merge a LoRA adapter into its base model: an HF model dir (and optionally GGUF); prints JSON.
     Merge {
@@ -189,7 +194,7 @@ enum Command {
     /// What `make demo` runs: every service in one process on the embedded bus, one pipeline run.
     Demo {
         /// Pipeline file for the demo run.
-        #[arg(long, default_value = "deploy/config/pipeline.toml")]
+        #[arg(long, default_value = "deploy/config/demo.toml")]
         config: PathBuf,
     },
 }
@@ -255,24 +260,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     tracing::Instrument::instrument(run_command(cli), span).await
 }
 
-/// A fresh tiny preset (trained from scratch, so it gets the from-scratch recipe): small
-/// enough that no real checkpoint looks like it.
-fn is_tiny_preset(model_dir: &std::path::Path) -> bool {
-    fc_model::ModelConfig::from_file(&model_dir.join("config.json"))
-        .map(|c| c.hidden_size <= 256 && c.num_hidden_layers <= 8)
-        .unwrap_or(false)
-}
-
-/// Runs blocking work on a plain thread: the engine's blocking API refuses to run on a
-/// runtime thread (spawn_blocking threads count), where it could starve the executor.
-async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.await.map_err(|_| anyhow::anyhow!("worker thread panicked"))?
-}
-
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Run { .. } => "run",
@@ -308,7 +295,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Status { run, json } => {
             let bus = connect().await?;
             match run {
-                Some(run) => print_timeline(&bus, &run, json).await,
+                Some(run) => fcmesh::status::print_timeline(&bus, &run, json).await,
                 None => {
                     let runs = status::runs(&bus).await?;
                     if json {
@@ -323,7 +310,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { config } => demo(&config).await,
+        Command::Demo { config } => fcmesh::demo::demo(&config).await,
         Command::GenData { n, seed, out, heldout } => fcmesh::data_cmds::gen_data(n, seed, heldout, &out),
         Command::Ingest { input, format, answers, out, val_fraction, seed } => {
             let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
@@ -347,18 +334,20 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name } => {
             let args = fcmesh::eval_cmd::EvalArgs { model, data, format, answers, predictions, out, split, max_samples, max_tokens, name };
-            let v = off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
+            let v = fcmesh::off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
-        Command::Sft { model, data, out, config, max_steps } => {
+        Command::Sft { model, data, out, config, max_steps, checkpoint_every, resume } => {
+            let base = sft_trainer::default_recipe(&model);
             let mut cfg = match &config {
                 Some(p) => {
                     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                    toml::from_str::<sft_trainer::train::SftConfig>(&text).with_context(|| format!("{} is not a valid SFT config", p.display()))?
+                    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", p.display()))?;
+                    sft_trainer::overlay_config(&base, &serde_json::to_value(table)?)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
                 }
-                None if is_tiny_preset(&model) => sft_trainer::train::SftConfig::tiny_from_scratch(),
-                None => sft_trainer::train::SftConfig::default(),
+                None => base,
             };
             if max_steps.is_some() {
                 cfg.max_steps = max_steps;
@@ -368,7 +357,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 bail!("{} has no train.jsonl (run `fcmesh ingest` first)", data.display());
             }
             let val = Some(data.join("val.jsonl")).filter(|p| p.is_file());
-            let report = off_runtime(move || {
+            let report = fcmesh::off_runtime(move || {
                 let bar = indicatif::ProgressBar::new(0);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template("{bar:40} step {pos}/{len} {msg}")
@@ -379,7 +368,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     bar.set_position(s.step as u64);
                     bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", s.loss, s.learning_rate, s.tokens_per_second));
                 };
-                let r = sft_trainer::train::train(&cfg, &model, &train, val.as_deref(), &out, &mut on_step);
+                let opts = sft_trainer::train::TrainOptions { checkpoint_every, resume_from: resume, ..Default::default() };
+                let r = sft_trainer::train::train_with_callback(&cfg, &model, &train, val.as_deref(), &out, &opts, &mut on_step);
                 bar.finish_and_clear();
                 r.map_err(anyhow::Error::from)
             })
@@ -388,7 +378,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Merge { model, adapter, out, gguf } => {
-            let v = off_runtime(move || merger::merge(&model, &adapter, &out, gguf).map_err(anyhow::Error::msg)).await?;
+            let v = fcmesh::off_runtime(move || merger::merge(&model, &adapter, &out, gguf).map_err(anyhow::Error::msg)).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -454,134 +444,4 @@ fn select_services(all: bool, services: &[String]) -> anyhow::Result<Vec<Service
         }
     }
     Ok(out)
-}
-
-async fn print_timeline(bus: &Bus, run: &str, json: bool) -> anyhow::Result<()> {
-    let entries = status::timeline(bus, run).await?;
-    if entries.is_empty() {
-        bail!("no events for run {run:?}");
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-    } else {
-        println!("{:>5}  {:<23}  {:<20} {:<26} details", "seq", "time", "event", "producer");
-        for e in entries {
-            println!("{:>5}  {:<23}  {:<20} {:<26} {}", e.seq, e.at, e.event, e.producer, e.summary);
-        }
-    }
-    Ok(())
-}
-
-/// Runs what exists of the pipeline on the embedded bus and says what is still missing:
-/// generated data, a tiny model, every service in this process, one pipeline run that the
-/// data-ingest service turns into datasets, and an evaluation of the untrained model.
-async fn demo(config: &std::path::Path) -> anyhow::Result<()> {
-    if std::env::var("FC_NATS_URL").map(|v| !v.is_empty()).unwrap_or(false) {
-        eprintln!("fcmesh demo: ignoring FC_NATS_URL; the demo runs on the embedded bus");
-    }
-    let data_dir = PathBuf::from(std::env::var("FC_DATA_DIR").unwrap_or_else(|_| ".fcmesh".into()));
-    let demo_dir = data_dir.join("demo");
-    let train_file = demo_dir.join("train.json");
-    let heldout_file = demo_dir.join("heldout.json");
-    let model_dir = demo_dir.join("models/tiny");
-    eprintln!("fcmesh demo: [1/5] generating data in {}", demo_dir.display());
-    fcmesh::data_cmds::gen_data(2000, 0, false, &train_file)?;
-    fcmesh::data_cmds::gen_data(200, 1, true, &heldout_file)?;
-    eprintln!("fcmesh demo: [2/5] initialising the tiny model");
-    let (tf, md) = (train_file.clone(), model_dir.clone());
-    off_runtime(move || fcmesh::data_cmds::init_model("tiny", &tf, "xlam", &md, 0)).await?;
-
-    eprintln!("fcmesh demo: [3/5] starting the eight services on the embedded bus");
-    let bus = Bus::connect(&BusConfig { nats_url: None, data_dir: data_dir.clone() }).await?;
-    let shutdown = Shutdown::on_signals();
-    let runner = tokio::spawn(run_services(ALL_SERVICES, bus.clone(), None, shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    if runner.is_finished() {
-        match runner.await {
-            Ok(Err(e)) => return Err(e.context("starting the services (is another fcmesh using the ports?)")),
-            _ => bail!("services stopped during start-up"),
-        }
-    }
-    let (run_id, mut req) = pipeline::load(config)?;
-    req.dataset.source = train_file.display().to_string();
-    req.base_model = model_dir.display().to_string();
-    pipeline::start(&Publisher::new(bus.clone(), "fcmesh-demo"), &run_id, &req).await?;
-    eprintln!("fcmesh demo: [4/5] run {run_id}: PipelineRequested published; waiting for data-ingest");
-    let ingested = wait_for_event::<fc_events::DatasetIngested>(&bus, &run_id, Duration::from_secs(120)).await?;
-    print_timeline(&bus, &run_id, false).await?;
-
-    eprintln!("fcmesh demo: [5/5] evaluating the untrained model (greedy, engine-batched)");
-    let store = fc_artifacts::ArtifactStore::local(&data_dir);
-    let val = store.fetch(&ingested.val).await?;
-    let mut reports = Vec::new();
-    for (name, data, format, split) in
-        [("base/val", val, "processed", None), ("base/heldout", heldout_file.clone(), "xlam", Some("heldout".to_string()))]
-    {
-        let args = fcmesh::eval_cmd::EvalArgs {
-            model: Some(model_dir.clone()),
-            data,
-            format: format.into(),
-            answers: None,
-            predictions: None,
-            out: demo_dir.join("eval").join(name.replace('/', "-")),
-            split,
-            max_samples: Some(24),
-            max_tokens: 48,
-            name: name.into(),
-        };
-        let v = off_runtime(move || fcmesh::eval_cmd::eval(&args)).await?;
-        reports.push((name, v));
-    }
-    println!();
-    println!("{:<14} {:>6} {:>11} {:>11} {:>14} {:>10} {:>11}", "model/split", "count", "parse_rate", "schema_hit", "func_accuracy", "exec_rate", "args_exact");
-    for (name, v) in &reports {
-        let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-        println!(
-            "{:<14} {:>6} {:>11.3} {:>11.3} {:>14.3} {:>10.3} {:>11.3}",
-            name, v["count"], f("parse_rate"), f("schema_hit"), f("func_accuracy"), f("exec_rate"), f("args_exact")
-        );
-    }
-    println!("(targets after training: parse 0.95, schema 0.88, func 0.90, exec 0.80)");
-    println!();
-    println!("{:<20} {:<10} note", "stage", "state");
-    for (stage, state, note) in [
-        ("bus + services", "done", "8 services on the embedded bus, /health and /metrics served"),
-        ("ingest", "done", "data-ingest: DatasetIngested with train/val/rejects artifacts"),
-        ("eval", "done", "the untrained model scored with fc-eval (engine-batched greedy decoding)"),
-        ("sft", "pending", "sft-trainer lands with issue #6 (merger is live: SftCompleted -> ModelMerged)"),
-        ("grpo", "pending", "rollout-generator and grpo-learner: GRPO issue (reward-scorer is live)"),
-        ("promote + serve", "pending", "promotion and the gateway chat API: later issues"),
-    ] {
-        println!("{stage:<20} {state:<10} {note}");
-    }
-    shutdown.trigger();
-    let _ = runner.await;
-    Ok(())
-}
-
-/// The first event of type `P` in `run`, waiting up to `timeout`.
-async fn wait_for_event<P: fc_events::EventPayload>(bus: &Bus, run: &str, timeout: Duration) -> anyhow::Result<P> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut s = bus
-            .replay(fc_events::subjects::STREAM_RUNS, &fc_events::subjects::run_event(run, P::TYPE), fc_bus::DeliverPolicy::All)
-            .await?;
-        if let Some(d) = futures::StreamExt::next(&mut s).await {
-            return Ok(d?.envelope()?.decode::<P>()?);
-        }
-        let mut dlq = bus.replay(fc_events::subjects::STREAM_DLQ, "fc.dlq.>", fc_bus::DeliverPolicy::All).await?;
-        while let Some(d) = futures::StreamExt::next(&mut dlq).await {
-            if let Ok(env) = d?.envelope() {
-                if env.run_id == run {
-                    if let Ok(dl) = env.decode::<fc_events::DeadLettered>() {
-                        bail!("run {run} failed: {} ({})", dl.reason, dl.consumer);
-                    }
-                }
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("no {} for run {run} within {timeout:?}", P::TYPE);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use fc_bus::{Bus, DeliverPolicy};
 use fc_events::{subjects, Envelope};
+use anyhow::bail;
 use futures::StreamExt;
 
 /// One line of a timeline.
@@ -65,13 +66,21 @@ pub async fn runs(bus: &Bus) -> anyhow::Result<BTreeMap<String, (u64, String)>> 
 fn summarize(env: &Envelope) -> String {
     const KEYS: &[&str] = &[
         "stage", "read", "accepted", "train_count", "val_count", "step", "total_steps", "loss", "val_loss",
-        "train_loss_last", "reward_mean", "version", "reason",
+        "train_loss_last", "tokens_per_second", "resumed_from_step", "reward_mean", "version", "reason",
     ];
+    const ARTIFACTS: &[&str] = &["train", "adapter", "checkpoint", "model", "report", "gguf"];
     let mut parts = Vec::new();
     if let Some(obj) = env.payload.as_object() {
         for k in KEYS {
-            if let Some(v) = obj.get(*k) {
-                parts.push(format!("{k}={v}"));
+            match obj.get(*k) {
+                Some(serde_json::Value::Number(n)) if n.is_f64() => parts.push(format!("{k}={:.4}", n.as_f64().unwrap_or(0.0))),
+                Some(serde_json::Value::Null) | None => {}
+                Some(v) => parts.push(format!("{k}={v}")),
+            }
+        }
+        for k in ARTIFACTS {
+            if let Some(sha) = obj.get(*k).and_then(|a| a.get("sha256")).and_then(|v| v.as_str()) {
+                parts.push(format!("{k}=sha256:{}", &sha[..sha.len().min(12)]));
             }
         }
         if let Some(m) = obj.get("metrics").and_then(|m| m.as_object()) {
@@ -83,4 +92,21 @@ fn summarize(env: &Envelope) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// Prints `run`'s timeline as a table (or JSON).
+pub async fn print_timeline(bus: &Bus, run: &str, json: bool) -> anyhow::Result<()> {
+    let entries = timeline(bus, run).await?;
+    if entries.is_empty() {
+        bail!("no events for run {run:?}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        println!("{:>5}  {:<23}  {:<20} {:<26} details", "seq", "time", "event", "producer");
+        for e in entries {
+            println!("{:>5}  {:<23}  {:<20} {:<26} {}", e.seq, e.at, e.event, e.producer, e.summary);
+        }
+    }
+    Ok(())
 }

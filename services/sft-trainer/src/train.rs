@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Optimizer;
 use fc_chat::Tokenizer;
 use fc_data::Sample;
-use fc_model::{clip_grad_norm, LoraAdapter, LoraConfig, Model, Proj, TokenBatch};
+use fc_model::{clip_grad_norm, AdamW, LoraAdapter, LoraConfig, Model, Proj, TokenBatch};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +34,9 @@ pub enum SftError {
     Io(#[from] std::io::Error),
     #[error("config: {0}")]
     Config(String),
+    /// The caller's [`Observer`] could not take a checkpoint (the bus is down, ...).
+    #[error("aborted: {0}")]
+    Aborted(String),
 }
 
 pub type Result<T, E = SftError> = std::result::Result<T, E>;
@@ -297,7 +299,7 @@ pub fn eval_loss(model: &Model, adapter: Option<&LoraAdapter>, examples: &[Examp
     for c in order.chunks(batch_size.max(1)) {
         let ex: Vec<&Example> = c.iter().map(|&i| &examples[i]).collect();
         let (b, mask, k) = make_batch(&ex, pad_id, model.device())?;
-        let lp = model.train_logprobs(&b, adapter, None, chunk)?.detach();
+        let lp = model.eval_logprobs(&b, adapter, chunk)?;
         let s = lp.to_dtype(DType::F32)?.mul(&mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         sum -= s;
         n += k;
@@ -343,11 +345,132 @@ pub struct SftReport {
     /// Examples dropped for having no loss target after truncation.
     pub dropped_examples: usize,
     pub adapter: PathBuf,
+    /// The step the run resumed from (None: started fresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<usize>,
+}
+
+/// Where the data order stands: the next micro-batch group to train on. Batches are a
+/// pure function of `(lengths, seed, epoch)`, so this pins the order exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPosition {
+    pub epoch: usize,
+    /// Index of the next group of `grad_accum` batches within the epoch.
+    pub group: usize,
+    /// Micro-batches consumed since the start of the run.
+    pub batches_consumed: usize,
+}
+
+/// Everything besides tensors that a checkpoint holds (`trainer_state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: f64,
+    pub data_position: DataPosition,
+    pub losses: Vec<f64>,
+    pub train_tokens: usize,
+    pub train_secs: f64,
+    pub last_val_loss: Option<f64>,
+    pub config: SftConfig,
+    pub train_examples: usize,
+    pub dropped_examples: usize,
+    /// FNV-1a of the tokenized training set: a checkpoint only resumes on the same data.
+    pub data_fingerprint: String,
+}
+
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+pub const ADAPTER_DIR: &str = "adapter";
+
+impl TrainerState {
+    pub fn read(checkpoint_dir: &Path) -> Result<Self> {
+        let p = checkpoint_dir.join(TRAINER_STATE);
+        let text = std::fs::read_to_string(&p)?;
+        serde_json::from_str(&text).map_err(|e| SftError::Config(format!("{}: {e}", p.display())))
+    }
+}
+
+/// Facts known once the data is tokenized, before the first step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunInfo {
+    pub total_steps: usize,
+    pub train_examples: usize,
+    pub dropped_examples: usize,
+    pub resumed_from_step: Option<usize>,
+}
+
+/// How a caller watches and steers [`train_with`]. Every method has a no-op default.
+pub trait Observer {
+    fn started(&mut self, _info: &RunInfo) -> Result<()> {
+        Ok(())
+    }
+    fn step(&mut self, _info: &StepInfo) {}
+    /// A checkpoint was written to `dir`; an error aborts the run.
+    fn checkpoint(&mut self, _dir: &Path, _state: &TrainerState) -> Result<()> {
+        Ok(())
+    }
+    /// Polled after each step: true stops the run at a checkpoint ([`Outcome::Stopped`]).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+struct StepFn<'a>(&'a mut dyn FnMut(StepInfo));
+impl Observer for StepFn<'_> {
+    fn step(&mut self, info: &StepInfo) {
+        (self.0)(info.clone())
+    }
+}
+
+/// Checkpointing and resume settings of [`train_with`].
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Write a checkpoint every N optimizer steps (0: only when stopped early).
+    pub checkpoint_every: usize,
+    /// Where checkpoints go (default `out_dir/checkpoints`), one `step-NNNNNN` dir each.
+    pub checkpoint_root: Option<PathBuf>,
+    /// Checkpoint dirs kept on disk (older ones are deleted; 0: keep all).
+    pub keep_checkpoints: usize,
+    /// Continue from this checkpoint dir instead of starting fresh.
+    pub resume_from: Option<PathBuf>,
+}
+
+/// How [`train_with`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(SftReport),
+    /// [`Observer::should_stop`] asked to stop; `checkpoint` resumes the run.
+    Stopped { step: usize, checkpoint: PathBuf },
 }
 
 fn pad_id(tok: &Tokenizer) -> u32 {
     let sp = tok.special_tokens();
     sp.pad.or(sp.endoftext).or(sp.im_end).unwrap_or(0)
+}
+
+fn fingerprint(examples: &[Example]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |x: u64| {
+        for b in x.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for e in examples {
+        feed(e.ids.len() as u64);
+        for (&id, &l) in e.ids.iter().zip(&e.labels) {
+            feed(((id as u64) << 1) | l as u64);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Dropout randomness of one micro-batch: a function of the position in the run, so a
+/// resumed run draws exactly what the uninterrupted one would.
+fn micro_batch_rng(seed: u64, batch_index: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5f7) ^ (batch_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// Trains a LoRA adapter on `train_file` (processed-sample JSONL) over the model in
@@ -361,21 +484,73 @@ pub fn train(
     out_dir: &Path,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<SftReport> {
-    train_on(cfg, model_dir, train_file, val_file, out_dir, &Device::Cpu, DType::F32, on_step)
+    train_with_callback(cfg, model_dir, train_file, val_file, out_dir, &TrainOptions::default(), on_step)
 }
 
-/// [`train`] on an explicit device and dtype.
-#[allow(clippy::too_many_arguments)]
-pub fn train_on(
+/// [`train`] with checkpoint/resume options (CPU, f32).
+pub fn train_with_callback(
     cfg: &SftConfig,
     model_dir: &Path,
     train_file: &Path,
     val_file: Option<&Path>,
     out_dir: &Path,
-    device: &Device,
-    dtype: DType,
+    opts: &TrainOptions,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<SftReport> {
+    let mut obs = StepFn(on_step);
+    match train_with(cfg, model_dir, train_file, val_file, out_dir, opts, &mut obs, &Device::Cpu, DType::F32)? {
+        Outcome::Completed(r) => Ok(r),
+        Outcome::Stopped { step, .. } => Err(SftError::Config(format!("training stopped at step {step}"))),
+    }
+}
+
+fn write_checkpoint(
+    root: &Path,
+    adapter: &LoraAdapter,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = root.join(format!("step-{:06}", state.step));
+    let tmp = root.join(format!(".step-{:06}.tmp", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    adapter.save_peft(&tmp.join(ADAPTER_DIR))?;
+    opt.save_state(&tmp.join(OPTIMIZER_STATE))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| SftError::Config(e.to_string()))?;
+    std::fs::write(tmp.join(TRAINER_STATE), json)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    // Rename last: a crash mid-write never leaves a half checkpoint under the real name.
+    std::fs::rename(&tmp, &dir)?;
+    if keep > 0 {
+        let mut old: Vec<PathBuf> = std::fs::read_dir(root)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+            .collect();
+        old.sort();
+        let n = old.len();
+        for p in old.into_iter().take(n.saturating_sub(keep)) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    Ok(dir)
+}
+
+/// The full training loop: [`train`] plus checkpoints every `opts.checkpoint_every`
+/// steps (adapter + optimizer moments + [`TrainerState`]), resume from a checkpoint with
+/// the same data order and dropout draws, and a cooperative stop.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    cfg: &SftConfig,
+    model_dir: &Path,
+    train_file: &Path,
+    val_file: Option<&Path>,
+    out_dir: &Path,
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+    device: &Device,
+    dtype: DType,
+) -> Result<Outcome> {
     cfg.validate()?;
     let tok = Tokenizer::from_dir(model_dir)?;
     let pad = pad_id(&tok);
@@ -396,17 +571,37 @@ pub fn train_on(
         }
         None => None,
     };
+    let data_fingerprint = fingerprint(&train_ex);
+    let total = total_steps(train_ex.len(), cfg);
 
     let mut lcfg = cfg.lora_config()?;
     lcfg.base_model_name_or_path = Some(model_dir.display().to_string());
-    let adapter = LoraAdapter::new(&model, lcfg, cfg.seed)?;
+    let resume = match &opts.resume_from {
+        Some(dir) => {
+            let st = TrainerState::read(dir)?;
+            if st.config != *cfg {
+                return Err(SftError::Config(format!("checkpoint {} was made with a different SFT config", dir.display())));
+            }
+            if st.data_fingerprint != data_fingerprint {
+                return Err(SftError::Config(format!("checkpoint {} was made on different training data", dir.display())));
+            }
+            Some((dir.clone(), st))
+        }
+        None => None,
+    };
+    let adapter = match &resume {
+        Some((dir, _)) => LoraAdapter::load_peft(&dir.join(ADAPTER_DIR), &model)?,
+        None => LoraAdapter::new(&model, lcfg, cfg.seed)?,
+    };
     let vars = adapter.vars();
     let mut opt = adapter.adamw(cfg.learning_rate, cfg.weight_decay)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(0x5f7));
+    if let Some((dir, _)) = &resume {
+        opt.load_state(&dir.join(OPTIMIZER_STATE))?;
+    }
 
     let lengths: Vec<usize> = train_ex.iter().map(Example::len).collect();
-    let total = total_steps(train_ex.len(), cfg);
     let n_batches = train_ex.len().div_ceil(cfg.batch_size);
+    let groups_per_epoch = n_batches.div_ceil(cfg.grad_accum);
     let eval = |ad: &LoraAdapter| -> Result<Option<f64>> {
         match &val_ex {
             Some(v) => Ok(Some(eval_loss(&model, Some(ad), v, cfg.batch_size, cfg.logprob_chunk, pad)?)),
@@ -414,112 +609,151 @@ pub fn train_on(
         }
     };
 
-    let mut losses = Vec::with_capacity(total);
-    let mut last_val = None;
-    let (mut train_tokens, mut train_secs) = (0usize, 0f64);
-    let mut step = 0usize;
-    let mut epoch = 0usize;
-    'outer: while step < total {
-        let batches = epoch_batches(&lengths, cfg.batch_size, cfg.shuffle_window, cfg.seed, epoch);
-        let groups: Vec<&[Vec<usize>]> = batches.chunks(cfg.grad_accum).collect();
-        for (gi, group) in groups.iter().enumerate() {
-            if step >= total {
-                break 'outer;
-            }
-            let t0 = Instant::now();
-            let lr = cfg.lr_at(step, total);
-            opt.set_learning_rate(lr);
-            let built: Vec<(TokenBatch, Tensor, usize)> = group
-                .iter()
-                .map(|b| make_batch(&b.iter().map(|&i| &train_ex[i]).collect::<Vec<_>>(), pad, device))
-                .collect::<Result<_>>()?;
-            let n_targets: usize = built.iter().map(|x| x.2).sum::<usize>().max(1);
-            let mut acc: Option<(candle_core::backprop::GradStore, Vec<Option<Tensor>>)> = None;
-            let mut step_loss = 0f64;
-            let mut step_tokens = 0usize;
-            for (b, mask, _) in &built {
-                step_tokens += real_tokens(b);
-                let lp = model.train_logprobs(b, Some(&adapter), Some(&mut rng), cfg.logprob_chunk)?;
-                let loss = lp.mul(&mask.to_dtype(lp.dtype())?)?.sum_all()?.neg()?.affine(1.0 / n_targets as f64, 0.0)?;
-                step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                let grads = loss.backward()?;
-                acc = Some(match acc.take() {
-                    None => {
-                        let g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
-                        (grads, g)
-                    }
-                    Some((store, mut g)) => {
-                        for (slot, v) in g.iter_mut().zip(&vars) {
-                            if let Some(ng) = grads.get(v.as_tensor()) {
-                                *slot = Some(match slot.take() {
-                                    Some(o) => o.add(ng)?,
-                                    None => ng.clone(),
-                                });
-                            }
-                        }
-                        (store, g)
-                    }
-                });
-            }
-            let (mut store, g) = acc.expect("non-empty group");
-            for (slot, v) in g.into_iter().zip(&vars) {
-                if let Some(t) = slot {
-                    store.insert(v.as_tensor(), t);
-                }
-            }
-            let grad_norm = if cfg.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut store, &vars, cfg.max_grad_norm)?
-            } else {
-                clip_grad_norm(&mut store, &vars, f64::INFINITY)?
-            };
-            opt.step(&store)?;
-            let secs = t0.elapsed().as_secs_f64();
-            train_tokens += step_tokens;
-            train_secs += secs;
-            step += 1;
-            losses.push(step_loss);
+    let mut state = match resume {
+        Some((_, st)) => st,
+        None => TrainerState {
+            step: 0,
+            total_steps: total,
+            epoch: 0.0,
+            data_position: DataPosition { epoch: 0, group: 0, batches_consumed: 0 },
+            losses: Vec::with_capacity(total),
+            train_tokens: 0,
+            train_secs: 0.0,
+            last_val_loss: None,
+            config: cfg.clone(),
+            train_examples: train_ex.len(),
+            dropped_examples: dropped,
+            data_fingerprint,
+        },
+    };
+    let resumed_from_step = opts.resume_from.as_ref().map(|_| state.step);
+    obs.started(&RunInfo { total_steps: total, train_examples: train_ex.len(), dropped_examples: dropped, resumed_from_step })?;
+    let ckpt_root = opts.checkpoint_root.clone().unwrap_or_else(|| out_dir.join("checkpoints"));
+    let mut last_ckpt: Option<(usize, PathBuf)> = opts.resume_from.clone().map(|d| (state.step, d));
 
-            let epoch_end = gi + 1 == groups.len();
-            let want_eval = step == total
-                || (cfg.eval_each_epoch && epoch_end)
-                || cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0);
-            let val = if want_eval { eval(&adapter)? } else { None };
-            if val.is_some() {
-                last_val = val;
-            }
-            let info = StepInfo {
-                step,
-                total_steps: total,
-                epoch: epoch as f64 + ((gi + 1) * cfg.grad_accum).min(n_batches) as f64 / n_batches as f64,
-                loss: step_loss,
-                learning_rate: lr,
-                grad_norm,
-                tokens_per_second: step_tokens as f64 / secs.max(1e-9),
-                val_loss: val,
-            };
-            if cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == total) {
-                tracing::info!(step, total, loss = info.loss, lr, grad_norm, tok_s = info.tokens_per_second, val_loss = ?val, "sft step");
-            }
-            on_step(info);
+    let mut batches: Option<(usize, Vec<Vec<usize>>)> = None;
+    while state.step < total {
+        let DataPosition { epoch, group: gi, .. } = state.data_position;
+        if batches.as_ref().map(|b| b.0) != Some(epoch) {
+            batches = Some((epoch, epoch_batches(&lengths, cfg.batch_size, cfg.shuffle_window, cfg.seed, epoch)));
         }
-        epoch += 1;
+        let all = &batches.as_ref().expect("set above").1;
+        let group = &all[gi * cfg.grad_accum..((gi + 1) * cfg.grad_accum).min(all.len())];
+
+        let t0 = Instant::now();
+        let lr = cfg.lr_at(state.step, total);
+        opt.set_learning_rate(lr);
+        let built: Vec<(TokenBatch, Tensor, usize)> = group
+            .iter()
+            .map(|b| make_batch(&b.iter().map(|&i| &train_ex[i]).collect::<Vec<_>>(), pad, device))
+            .collect::<Result<_>>()?;
+        let n_targets: usize = built.iter().map(|x| x.2).sum::<usize>().max(1);
+        let mut acc: Option<(candle_core::backprop::GradStore, Vec<Option<Tensor>>)> = None;
+        let mut step_loss = 0f64;
+        let mut step_tokens = 0usize;
+        for (mi, (b, mask, _)) in built.iter().enumerate() {
+            step_tokens += real_tokens(b);
+            let mut rng = micro_batch_rng(cfg.seed, state.data_position.batches_consumed + mi);
+            let lp = model.train_logprobs(b, Some(&adapter), Some(&mut rng), cfg.logprob_chunk)?;
+            let loss = lp.mul(&mask.to_dtype(lp.dtype())?)?.sum_all()?.neg()?.affine(1.0 / n_targets as f64, 0.0)?;
+            step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            acc = Some(match acc.take() {
+                None => {
+                    let g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+                    (grads, g)
+                }
+                Some((store, mut g)) => {
+                    for (slot, v) in g.iter_mut().zip(&vars) {
+                        if let Some(ng) = grads.get(v.as_tensor()) {
+                            *slot = Some(match slot.take() {
+                                Some(o) => o.add(ng)?,
+                                None => ng.clone(),
+                            });
+                        }
+                    }
+                    (store, g)
+                }
+            });
+        }
+        let Some((mut store, g)) = acc else {
+            return Err(SftError::Config("empty batch group".into()));
+        };
+        for (slot, v) in g.into_iter().zip(&vars) {
+            if let Some(t) = slot {
+                store.insert(v.as_tensor(), t);
+            }
+        }
+        let clip = if cfg.max_grad_norm > 0.0 { cfg.max_grad_norm } else { f64::INFINITY };
+        let grad_norm = clip_grad_norm(&mut store, &vars, clip)?;
+        opt.step(&store)?;
+        let secs = t0.elapsed().as_secs_f64();
+
+        state.train_tokens += step_tokens;
+        state.train_secs += secs;
+        state.step += 1;
+        state.losses.push(step_loss);
+        state.data_position.batches_consumed += group.len();
+        let epoch_end = gi + 1 == groups_per_epoch;
+        state.epoch = epoch as f64 + ((gi + 1) * cfg.grad_accum).min(n_batches) as f64 / n_batches as f64;
+        state.data_position = DataPosition {
+            epoch: if epoch_end { epoch + 1 } else { epoch },
+            group: if epoch_end { 0 } else { gi + 1 },
+            batches_consumed: state.data_position.batches_consumed,
+        };
+
+        let step = state.step;
+        let want_eval =
+            step == total || (cfg.eval_each_epoch && epoch_end) || cfg.eval_every.is_some_and(|n| n > 0 && step % n == 0);
+        let val = if want_eval { eval(&adapter)? } else { None };
+        if val.is_some() {
+            state.last_val_loss = val;
+        }
+        let info = StepInfo {
+            step,
+            total_steps: total,
+            epoch: state.epoch,
+            loss: step_loss,
+            learning_rate: lr,
+            grad_norm,
+            tokens_per_second: step_tokens as f64 / secs.max(1e-9),
+            val_loss: val,
+        };
+        if cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == total) {
+            tracing::info!(step, total, loss = info.loss, lr, grad_norm, tok_s = info.tokens_per_second, val_loss = ?val, "sft step");
+        }
+        obs.step(&info);
+
+        let stop = step < total && obs.should_stop();
+        let periodic = opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0 && step < total;
+        if periodic || stop {
+            let dir = write_checkpoint(&ckpt_root, &adapter, &opt, &state, opts.keep_checkpoints)?;
+            obs.checkpoint(&dir, &state)?;
+            last_ckpt = Some((step, dir));
+        }
+        if stop {
+            let checkpoint = last_ckpt.map(|c| c.1).unwrap_or_default();
+            return Ok(Outcome::Stopped { step, checkpoint });
+        }
     }
 
-    let adapter_dir = out_dir.join("adapter");
+    let adapter_dir = out_dir.join(ADAPTER_DIR);
     std::fs::create_dir_all(&adapter_dir)?;
     adapter.save_peft(&adapter_dir)?;
+    let losses = &state.losses;
     let k = (losses.len() / 10).clamp(1, 5).min(losses.len().max(1));
     let mean = |s: &[f64]| if s.is_empty() { f64::NAN } else { s.iter().sum::<f64>() / s.len() as f64 };
-    Ok(SftReport {
-        steps: step,
+    Ok(Outcome::Completed(SftReport {
+        steps: state.step,
         train_loss_first: mean(&losses[..k.min(losses.len())]),
         train_loss_last: mean(&losses[losses.len().saturating_sub(k)..]),
-        val_loss: last_val,
-        tokens_per_second: train_tokens as f64 / train_secs.max(1e-9),
+        val_loss: state.last_val_loss,
+        tokens_per_second: state.train_tokens as f64 / state.train_secs.max(1e-9),
         train_examples: train_ex.len(),
         dropped_examples: dropped,
         adapter: adapter_dir,
-    })
+        resumed_from_step,
+    }))
 }
 
 #[cfg(test)]

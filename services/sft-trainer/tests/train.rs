@@ -144,3 +144,101 @@ fn runs_are_reproducible_with_grad_accum() {
     assert!((sa[0].epoch - per).abs() < 1e-9, "{:?}", sa[0]);
     assert!(sa[1].learning_rate > 0.0);
 }
+
+/// Stops at step 3 (as a SIGTERM would), resumes from the checkpoint, and ends with the
+/// same adapter, losses and step records as a run that never stopped.
+#[test]
+fn resume_from_checkpoint_matches_an_uninterrupted_run() {
+    use sft_trainer::train::{train_with, Observer, Outcome, RunInfo, TrainOptions, TrainerState};
+    struct Rec {
+        steps: Vec<StepInfo>,
+        checkpoints: Vec<(std::path::PathBuf, usize)>,
+        stop_at: Option<usize>,
+        started: Vec<RunInfo>,
+    }
+    impl Observer for Rec {
+        fn started(&mut self, info: &RunInfo) -> sft_trainer::train::Result<()> {
+            self.started.push(info.clone());
+            Ok(())
+        }
+        fn step(&mut self, info: &StepInfo) {
+            self.steps.push(info.clone());
+        }
+        fn checkpoint(&mut self, dir: &Path, st: &TrainerState) -> sft_trainer::train::Result<()> {
+            self.checkpoints.push((dir.to_path_buf(), st.step));
+            Ok(())
+        }
+        fn should_stop(&self) -> bool {
+            self.stop_at.is_some_and(|s| self.steps.len() >= s)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let all = samples(24, 9);
+    let model_dir = dir.path().join("tiny");
+    tiny(&model_dir, &all);
+    let train_file = dir.path().join("train.jsonl");
+    write_jsonl(&train_file, &all);
+    // At most 24 examples at batch 2 x accum 2: at most 6 steps per epoch, so 9 steps
+    // cross an epoch boundary (the data order of epoch 2 must be rebuilt on resume).
+    let cfg = SftConfig {
+        max_steps: Some(9),
+        batch_size: 2,
+        grad_accum: 2,
+        cutoff_len: 80,
+        lora_dropout: 0.1,
+        log_every: 0,
+        ..SftConfig::tiny_from_scratch()
+    };
+    let run = |out: &str, opts: &TrainOptions, stop_at: Option<usize>| {
+        let mut rec = Rec { steps: vec![], checkpoints: vec![], stop_at, started: vec![] };
+        let o = train_with(&cfg, &model_dir, &train_file, None, &dir.path().join(out), opts, &mut rec, &Device::Cpu, DType::F32)
+            .expect("train");
+        (o, rec)
+    };
+    let every2 = TrainOptions { checkpoint_every: 2, keep_checkpoints: 2, ..Default::default() };
+    let (full, full_rec) = run("full", &every2, None);
+    let Outcome::Completed(full) = full else { panic!("the full run completes") };
+    assert_eq!(full_rec.checkpoints.iter().map(|c| c.1).collect::<Vec<_>>(), vec![2, 4, 6, 8]);
+    let kept = std::fs::read_dir(dir.path().join("full/checkpoints")).unwrap().count();
+    assert_eq!(kept, 2, "only the newest checkpoints stay on disk");
+
+    let (stopped, rec) = run("part", &TrainOptions::default(), Some(3));
+    let Outcome::Stopped { step, checkpoint } = stopped else { panic!("stops when asked") };
+    assert_eq!(step, 3);
+    assert_eq!(rec.checkpoints.len(), 1, "a stop always leaves a checkpoint");
+    let st = TrainerState::read(&checkpoint).unwrap();
+    assert_eq!((st.step, st.data_position.batches_consumed), (3, 6));
+
+    let resume = TrainOptions { resume_from: Some(checkpoint), ..Default::default() };
+    let (done, rec2) = run("part", &resume, None);
+    let Outcome::Completed(done) = done else { panic!("the resumed run completes") };
+    assert_eq!(rec2.started[0].resumed_from_step, Some(3));
+    assert_eq!(done.steps, 9);
+    let key = |s: &[StepInfo]| s.iter().map(|x| (x.step, x.loss, x.grad_norm, x.learning_rate, x.epoch)).collect::<Vec<_>>();
+    let mut joined = rec.steps.clone();
+    joined.extend(rec2.steps.clone());
+    let (a, b) = (key(&full_rec.steps), key(&joined));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.0, x.3, x.4), (y.0, y.3, y.4));
+        assert!((x.1 - y.1).abs() < 1e-5 && (x.2 - y.2).abs() < 1e-4, "step {}: {x:?} vs {y:?}", x.0);
+    }
+    assert_eq!(a.len(), b.len());
+    assert!(full_rec.steps.last().unwrap().epoch > 1.0, "the run crosses an epoch boundary");
+
+    let model = Model::load(&model_dir, &Device::Cpu, DType::F32).unwrap();
+    let fa = LoraAdapter::load_peft(&full.adapter, &model).unwrap();
+    let fb = LoraAdapter::load_peft(&done.adapter, &model).unwrap();
+    let mut max = 0f32;
+    for (x, y) in fa.vars().iter().zip(fb.vars().iter()) {
+        let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        max = max.max(d);
+    }
+    eprintln!("resumed vs uninterrupted adapter: max abs diff {max:e}");
+    assert!(max < 1e-5, "adapters differ by {max}");
+
+    // A checkpoint refuses another config.
+    let other = SftConfig { learning_rate: 1e-3, ..cfg.clone() };
+    let ck = full_rec.checkpoints.last().unwrap().0.clone();
+    let err = train_with(&other, &model_dir, &train_file, None, &dir.path().join("x"), &TrainOptions { resume_from: Some(ck), ..Default::default() }, &mut Rec { steps: vec![], checkpoints: vec![], stop_at: None, started: vec![] }, &Device::Cpu, DType::F32).unwrap_err();
+    assert!(err.to_string().contains("different SFT config"), "{err}");
+}

@@ -15,6 +15,7 @@ pub mod io;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod quantized;
 pub mod tiny;
 
@@ -23,6 +24,7 @@ pub use error::{ModelError, Result};
 pub use gguf::{export_gguf, export_gguf_dir, GgufDType, GgufExport};
 pub use generate::{generate, generate_with, FinishReason, GenerateParams, Generation};
 pub use lora::{clip_grad_norm, LoraAdapter, LoraConfig, LoraPair};
+pub use optim::{AdamW, AdamWParams};
 pub use model::{DecoderLayer, KvCache, Linear, Model, Proj, TokenBatch};
 pub use quantized::{QKvCache, QuantizedModel};
 

@@ -320,15 +320,12 @@ impl LoraAdapter {
         Ok(LoraAdapter { config, layers })
     }
 
-    /// A fresh AdamW over this adapter's variables.
-    pub fn adamw(&self, lr: f64, weight_decay: f64) -> Result<candle_nn::AdamW> {
-        use candle_nn::Optimizer;
-        let params = candle_nn::ParamsAdamW {
-            lr,
-            weight_decay,
-            ..Default::default()
-        };
-        Ok(candle_nn::AdamW::new(self.vars(), params)?)
+    /// A fresh AdamW over this adapter's variables (state can be checkpointed).
+    pub fn adamw(&self, lr: f64, weight_decay: f64) -> Result<crate::optim::AdamW> {
+        crate::optim::AdamW::new(
+            self.vars(),
+            crate::optim::AdamWParams { lr, weight_decay, ..Default::default() },
+        )
     }
 }
 

@@ -837,6 +837,16 @@ impl Model {
         Ok(lp.reshape((b, t))?)
     }
 
+    /// [`Model::train_logprobs`] with no gradient: for validation loss and reference
+    /// log-probs (no per-row lm_head Jacobian is computed).
+    pub fn eval_logprobs(&self, batch: &TokenBatch, lora: Option<&LoraAdapter>, chunk: usize) -> Result<Tensor> {
+        let h = self.train_hidden(batch, lora, None)?.detach();
+        let (b, t, hs) = h.dims3()?;
+        let targets = Tensor::from_slice(&batch.targets, b * t, &self.device)?;
+        let lp = token_logprobs(&h.reshape((b * t, hs))?, self.lm_head_weight(), &targets, chunk)?;
+        Ok(lp.reshape((b, t))?)
+    }
+
     /// Full logits `[B, T, vocab]` from the training path (for tests / small vocabularies).
     pub fn train_logits(&self, batch: &TokenBatch, lora: Option<&LoraAdapter>) -> Result<Tensor> {
         let h = self.train_hidden(batch, lora, None)?;

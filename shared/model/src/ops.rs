@@ -157,42 +157,52 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
     Tensor::cat(&parts, 2)?.reshape((b, h * n_rep, t, d))
 }
 
-/// Per-row `log_softmax(h @ w^T)[target]` computed `chunk` rows at a time.
+/// Per-row `log_softmax(h @ w^T)[target]` computed `chunk` rows at a time. With
+/// `jacobian`, also each row's gradient `d logp_i / d h_i = W[t_i] - p_i @ W` (`[N, H]`).
 fn logprobs_chunked(
     h: &Tensor,
     w: &Tensor,
     targets: &Tensor,
     chunk: usize,
-) -> candle_core::Result<Tensor> {
+    jacobian: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let n = h.dim(0)?;
     let mut outs = Vec::new();
+    let mut jacs = Vec::new();
     let mut s = 0;
     while s < n {
         let len = chunk.min(n - s);
+        let tg = targets.narrow(0, s, len)?;
         let logits = plain_linear(&h.narrow(0, s, len)?, w)?;
         let max = logits.max_keepdim(1)?;
-        let lse = logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(1)?
-            .log()?
-            .add(&max)?;
-        let tgt = logits.gather(&targets.narrow(0, s, len)?.unsqueeze(1)?, 1)?;
+        let e = logits.broadcast_sub(&max)?.exp()?;
+        let sum = e.sum_keepdim(1)?;
+        let lse = sum.log()?.add(&max)?;
+        let tgt = logits.gather(&tg.unsqueeze(1)?, 1)?;
+        drop(logits);
         outs.push(tgt.sub(&lse)?.squeeze(1)?);
+        if jacobian {
+            let p = e.broadcast_div(&sum)?;
+            drop(e);
+            jacs.push(w.index_select(&tg, 0)?.sub(&p.matmul(w)?)?);
+        }
         s += len;
     }
     if outs.is_empty() {
-        return Tensor::zeros(0, h.dtype(), h.device());
+        let z = Tensor::zeros(0, h.dtype(), h.device())?;
+        let j = if jacobian { Some(h.zeros_like()?) } else { None };
+        return Ok((z, j));
     }
-    Tensor::cat(&outs, 0)
+    let j = if jacobian { Some(Tensor::cat(&jacs, 0)?) } else { None };
+    Ok((Tensor::cat(&outs, 0)?, j))
 }
 
-/// Custom op attaching the chunked log-prob computation to the graph; the forward
-/// value is precomputed (it is only `[N]`), the backward recomputes the logits.
+/// Custom op attaching the chunked log-prob computation to the graph. Row `i`'s log-prob
+/// depends on `h_i` alone, so its gradient is `g_i * J_i` with `J = W[t] - softmax(hW^T) W`
+/// computed in the forward pass: the backward is a row scaling, with no second pass over
+/// the `[N, vocab]` logits (PyTorch's cost: one logits matmul and one `p @ W`).
 struct TokenLogprobOp {
-    w: Tensor,
-    targets: Tensor,
-    chunk: usize,
+    jacobian: Tensor,
     result: Precomputed,
 }
 
@@ -219,40 +229,18 @@ impl CustomOp1 for TokenLogprobOp {
 
     fn bwd(
         &self,
-        arg: &Tensor,
+        _arg: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let h = arg.detach();
-        let grad = grad.detach();
-        let n = h.dim(0)?;
-        let mut outs = Vec::new();
-        let mut s = 0;
-        while s < n {
-            let len = self.chunk.min(n - s);
-            let hc = h.narrow(0, s, len)?;
-            let logits = plain_linear(&hc, &self.w)?;
-            let max = logits.max_keepdim(1)?;
-            let e = logits.broadcast_sub(&max)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(1)?)?;
-            drop(logits);
-            // d logp[t] / d logits = onehot(t) - p, so dh = g * (W[t] - p @ W).
-            let wt = self.w.index_select(&self.targets.narrow(0, s, len)?, 0)?;
-            let pw = p.matmul(&self.w)?;
-            let g = grad.narrow(0, s, len)?.unsqueeze(1)?;
-            outs.push(wt.sub(&pw)?.broadcast_mul(&g)?);
-            s += len;
-        }
-        if outs.is_empty() {
-            return Ok(Some(h.zeros_like()?));
-        }
-        Ok(Some(Tensor::cat(&outs, 0)?))
+        let g = grad.detach().unsqueeze(1)?;
+        Ok(Some(self.jacobian.broadcast_mul(&g)?))
     }
 }
 
 /// `log_softmax(h @ w^T)` evaluated at `targets`, for `h: [N, H]`, `w: [V, H]`,
 /// `targets: [N]` (u32). Returns `[N]`. Differentiable w.r.t. `h` only; at most a
-/// `[chunk, V]` logits block is alive at any time, in the forward and backward.
+/// `[chunk, V]` logits block is alive at any time, and the graph keeps only `[N, H]`.
 pub fn token_logprobs(
     h: &Tensor,
     w: &Tensor,
@@ -260,14 +248,14 @@ pub fn token_logprobs(
     chunk: usize,
 ) -> candle_core::Result<Tensor> {
     let chunk = chunk.max(1);
-    let y = logprobs_chunked(&h.detach(), w, targets, chunk)?.contiguous()?;
-    if !h.track_op() {
+    let track = h.track_op();
+    let (y, jac) = logprobs_chunked(&h.detach(), w, targets, chunk, track)?;
+    let y = y.contiguous()?;
+    let Some(jacobian) = jac else {
         return Ok(y);
-    }
+    };
     h.apply_op1(TokenLogprobOp {
-        w: w.clone(),
-        targets: targets.clone(),
-        chunk,
+        jacobian,
         result: Precomputed::new(y)?,
     })
 }

@@ -190,7 +190,7 @@ fn loss_falls_and_only_lora_changes() {
         let mut grads = l.backward().unwrap();
         let norm = fc_model::clip_grad_norm(&mut grads, &ad.vars(), 1.0).unwrap();
         assert!(norm.is_finite());
-        candle_nn::Optimizer::step(&mut opt, &grads).unwrap();
+        opt.step(&grads).unwrap();
     }
     let first = first.unwrap();
     println!("loss {first} -> {last}");

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod publish;
 pub mod service;

@@ -154,7 +154,7 @@ fn run(a: &Args) -> fc_model::Result<()> {
         let tf = t.elapsed().as_secs_f64();
         let grads = loss.backward()?;
         let tb = t.elapsed().as_secs_f64() - tf;
-        candle_nn::Optimizer::step(&mut opt, &grads)?;
+        opt.step(&grads)?;
         drop(grads);
         let dt = t.elapsed().as_secs_f64();
         times.push(dt);
