@@ -295,6 +295,7 @@ async fn merger_turns_sft_completed_into_an_equivalent_merged_model() {
         train_loss_last: 0.5,
         val_loss: None,
         tokens_per_second: 1.0,
+        model: None,
     };
     Publisher::new(bus.clone(), "test").emit("run-m", None, &done, "run-m:sft_completed:0".into()).await.expect("publish");
     let (_, merged): (_, fc_events::ModelMerged) =

@@ -95,6 +95,12 @@ pub struct MergeSummary {
 /// Merges the PEFT adapter in `adapter_dir` into the model in `model_dir` and saves an HF
 /// model dir (f32, with the base's tokenizer files) to `out`, plus `out/model-<type>.gguf`.
 pub fn merge(model_dir: &Path, adapter_dir: &Path, out: &Path, gguf: Option<GgufDType>) -> Result<MergeSummary, String> {
+    if adapter_dir.join("config.json").is_file() && !adapter_dir.join("adapter_config.json").is_file() {
+        return Err(format!(
+            "{} is a full model dir (a full fine-tune), not a LoRA adapter: it needs no merge",
+            adapter_dir.display()
+        ));
+    }
     let base = Model::load(model_dir, &Device::Cpu, DType::F32).map_err(|e| format!("base model {}: {e}", model_dir.display()))?;
     let adapter = LoraAdapter::load_peft(adapter_dir, &base).map_err(|e| format!("adapter {}: {e}", adapter_dir.display()))?;
     let merged = base.merge_lora(&adapter).map_err(|e| format!("merge: {e}"))?;
@@ -113,6 +119,10 @@ async fn handle(d: Delivery, store: ArtifactStore, publisher: Publisher, work: P
     let env = d.envelope().map_err(|e| HandlerError::permanent(format!("not an event envelope: {e}")))?;
     let (stage, adapter, base): (Stage, ArtifactRef, ArtifactRef) = if env.is::<SftCompleted>() {
         let e: SftCompleted = env.decode().map_err(|e| HandlerError::permanent(e.to_string()))?;
+        if let Some(model) = e.model {
+            // A full fine-tune: the trained dir is already the model; nothing to merge.
+            return pass_through(&env, &store, &publisher, &work, gguf, model, e.base_model, e.adapter).await;
+        }
         (Stage::Sft, e.adapter, e.base_model)
     } else {
         let e: GrpoCompleted = env.decode().map_err(|e| HandlerError::permanent(e.to_string()))?;
@@ -144,6 +154,47 @@ async fn handle(d: Delivery, store: ArtifactStore, publisher: Publisher, work: P
         .await
         .map_err(|e| HandlerError::retry(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// ModelMerged for a fully fine-tuned model: the same model artifact (plus GGUF if asked).
+#[allow(clippy::too_many_arguments)]
+async fn pass_through(
+    env: &fc_events::Envelope,
+    store: &ArtifactStore,
+    publisher: &Publisher,
+    work: &Path,
+    gguf: Option<GgufDType>,
+    model: ArtifactRef,
+    base: ArtifactRef,
+    adapter: ArtifactRef,
+) -> Result<(), HandlerError> {
+    let gguf_ref = match gguf {
+        Some(dt) => {
+            let dir = store.fetch(&model).await.map_err(|e| HandlerError::retry(e.to_string()))?;
+            let out = work.join(&env.run_id).join("sft-full.gguf");
+            if let Some(p) = out.parent() {
+                std::fs::create_dir_all(p).map_err(|e| HandlerError::retry(e.to_string()))?;
+            }
+            let o = out.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let m = Model::load(&dir, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+                fc_model::export_gguf(&m, &dir, &o, dt).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| HandlerError::retry(format!("gguf task: {e}")))?
+            .map_err(HandlerError::permanent)?;
+            let r = store.put_file(&out, ArtifactKind::Gguf, "model.gguf").await.map_err(|e| HandlerError::retry(e.to_string()))?;
+            let _ = std::fs::remove_file(&out);
+            Some(r)
+        }
+        None => None,
+    };
+    let merged = ModelMerged { stage: Stage::Sft, model, base_model: base, adapter, gguf: gguf_ref };
+    publisher
+        .emit(&env.run_id, Some(env), &merged, format!("{}:{}:sft", env.run_id, ModelMerged::TYPE))
+        .await
+        .map_err(|e| HandlerError::retry(e.to_string()))?;
     Ok(())
 }
 

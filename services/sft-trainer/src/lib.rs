@@ -321,16 +321,18 @@ async fn handle(d: Delivery, ctx: Ctx) -> Result<(), HandlerError> {
     }
     match outcome {
         Ok(Outcome::Completed(report)) => {
-            let adapter: ArtifactRef =
-                ctx.store.put_dir(&report.adapter, ArtifactKind::Adapter, "sft-adapter").await.map_err(retry)?;
+            let full = report.finetuning_type == train::FinetuningType::Full;
+            let (kind, name) = if full { (ArtifactKind::Model, "sft-model") } else { (ArtifactKind::Adapter, "sft-adapter") };
+            let adapter: ArtifactRef = ctx.store.put_dir(&report.adapter, kind, name).await.map_err(retry)?;
             let done = SftCompleted {
-                adapter,
+                adapter: adapter.clone(),
                 base_model: base,
                 steps: report.steps as u64,
                 train_loss_first: report.train_loss_first,
                 train_loss_last: report.train_loss_last,
                 val_loss: report.val_loss,
                 tokens_per_second: report.tokens_per_second,
+                model: full.then(|| adapter.clone()),
             };
             emit(&ctx, &env, &done, format!("{run}:{}", SftCompleted::TYPE)).await?;
             tracing::info!(%run, steps = report.steps, val_loss = ?report.val_loss, "SFT completed");

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use fc_data::Sample;
 use fc_model::{DType, Device, LoraAdapter, Model};
-use sft_trainer::train::{eval_loss, tokenize_sample, tokenize_samples, train, SftConfig, StepInfo};
+use sft_trainer::train::{eval_loss, tokenize_sample, tokenize_samples, train, FinetuningType, SftConfig, StepInfo};
 
 fn samples(n: usize, seed: u64) -> Vec<Sample> {
     let recs = fc_data::generate(n, seed);
@@ -22,6 +22,27 @@ fn write_jsonl(path: &Path, s: &[Sample]) {
     for x in s {
         writeln!(f, "{}", serde_json::to_string(x).expect("json")).expect("write");
     }
+}
+
+/// Max abs difference over every tensor of the `*.safetensors` files in two weight dirs
+/// (adapter or model), which must hold the same keys.
+fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let load = |d: &Path| {
+        let mut all = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                all.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
+            }
+        }
+        all
+    };
+    let (x, y) = (load(a), load(b));
+    assert!(!x.is_empty());
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    x.iter()
+        .map(|(k, t)| (t - &y[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap())
+        .fold(0f32, f32::max)
 }
 
 fn tiny(dir: &Path, s: &[Sample]) {
@@ -75,6 +96,7 @@ fn sft_on_tiny_reduces_loss_and_saves_adapter() {
         learning_rate: 5e-3,
         log_every: 0,
         eval_each_epoch: false,
+        finetuning_type: FinetuningType::Lora,
         ..SftConfig::tiny_from_scratch()
     };
 
@@ -125,6 +147,7 @@ fn runs_are_reproducible_with_grad_accum() {
         cutoff_len: 96,
         lora_dropout: 0.1,
         log_every: 0,
+        finetuning_type: FinetuningType::Lora,
         ..SftConfig::tiny_from_scratch()
     };
     let run = |out: &str| {
@@ -148,7 +171,16 @@ fn runs_are_reproducible_with_grad_accum() {
 /// Stops at step 3 (as a SIGTERM would), resumes from the checkpoint, and ends with the
 /// same adapter, losses and step records as a run that never stopped.
 #[test]
-fn resume_from_checkpoint_matches_an_uninterrupted_run() {
+fn resume_from_checkpoint_matches_an_uninterrupted_run_lora() {
+    resume_matches(FinetuningType::Lora);
+}
+
+#[test]
+fn resume_from_checkpoint_matches_an_uninterrupted_run_full() {
+    resume_matches(FinetuningType::Full);
+}
+
+fn resume_matches(kind: FinetuningType) {
     use sft_trainer::train::{train_with, Observer, Outcome, RunInfo, TrainOptions, TrainerState};
     struct Rec {
         steps: Vec<StepInfo>,
@@ -187,6 +219,7 @@ fn resume_from_checkpoint_matches_an_uninterrupted_run() {
         cutoff_len: 80,
         lora_dropout: 0.1,
         log_every: 0,
+        finetuning_type: kind,
         ..SftConfig::tiny_from_scratch()
     };
     let run = |out: &str, opts: &TrainOptions, stop_at: Option<usize>| {
@@ -225,20 +258,43 @@ fn resume_from_checkpoint_matches_an_uninterrupted_run() {
     assert_eq!(a.len(), b.len());
     assert!(full_rec.steps.last().unwrap().epoch > 1.0, "the run crosses an epoch boundary");
 
-    let model = Model::load(&model_dir, &Device::Cpu, DType::F32).unwrap();
-    let fa = LoraAdapter::load_peft(&full.adapter, &model).unwrap();
-    let fb = LoraAdapter::load_peft(&done.adapter, &model).unwrap();
-    let mut max = 0f32;
-    for (x, y) in fa.vars().iter().zip(fb.vars().iter()) {
-        let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        max = max.max(d);
-    }
-    eprintln!("resumed vs uninterrupted adapter: max abs diff {max:e}");
-    assert!(max < 1e-5, "adapters differ by {max}");
+    assert_eq!(full.finetuning_type, kind);
+    let max = max_weight_diff(&full.adapter, &done.adapter);
+    eprintln!("{kind:?}: resumed vs uninterrupted weights: max abs diff {max:e}");
+    assert!(max < 1e-5, "weights differ by {max}");
 
     // A checkpoint refuses another config.
     let other = SftConfig { learning_rate: 1e-3, ..cfg.clone() };
     let ck = full_rec.checkpoints.last().unwrap().0.clone();
     let err = train_with(&other, &model_dir, &train_file, None, &dir.path().join("x"), &TrainOptions { resume_from: Some(ck), ..Default::default() }, &mut Rec { steps: vec![], checkpoints: vec![], stop_at: None, started: vec![] }, &Device::Cpu, DType::F32).unwrap_err();
     assert!(err.to_string().contains("different SFT config"), "{err}");
+}
+
+/// The tiny preset's default recipe trains every weight; it learns far faster than LoRA
+/// over the random base, and the saved model dir loads back with the same loss.
+#[test]
+fn full_finetune_of_the_tiny_preset_beats_lora_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = samples(200, 21);
+    let (tr, va) = all.split_at(170);
+    let model_dir = dir.path().join("tiny");
+    tiny(&model_dir, &all);
+    let (train_file, val_file) = (dir.path().join("train.jsonl"), dir.path().join("val.jsonl"));
+    write_jsonl(&train_file, tr);
+    write_jsonl(&val_file, va);
+    let base = SftConfig { max_steps: Some(30), cutoff_len: 160, log_every: 0, eval_each_epoch: false, ..SftConfig::tiny_from_scratch() };
+    assert_eq!(base.finetuning_type, FinetuningType::Full, "the tiny recipe is a full fine-tune");
+    let run = |cfg: &SftConfig, out: &str| train(cfg, &model_dir, &train_file, Some(val_file.as_path()), &dir.path().join(out), &mut |_| {}).expect("train");
+    let full = run(&base, "full");
+    let lora = run(&SftConfig { finetuning_type: FinetuningType::Lora, ..base.clone() }, "lora");
+    let (vf, vl) = (full.val_loss.unwrap(), lora.val_loss.unwrap());
+    eprintln!("30 steps: full val loss {vf:.3} ({:.0} tok/s), LoRA val loss {vl:.3} ({:.0} tok/s)", full.tokens_per_second, lora.tokens_per_second);
+    assert!(vf < vl - 0.5, "full {vf} vs lora {vl}");
+    assert!(full.adapter.join("config.json").is_file() && full.adapter.join("tokenizer.json").is_file());
+    let tok = fc_chat::Tokenizer::from_dir(&full.adapter).unwrap();
+    let reloaded = Model::load(&full.adapter, &Device::Cpu, DType::F32).unwrap();
+    let (val_ex, _) = tokenize_samples(&tok, va, base.cutoff_len, base.train_on_prompt).unwrap();
+    let pad = tok.special_tokens().pad.unwrap_or(0);
+    let again = eval_loss(&reloaded, None, &val_ex, 8, 256, pad).unwrap();
+    assert!((again - vf).abs() < 1e-3, "reloaded {again} vs {vf}");
 }

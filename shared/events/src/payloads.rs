@@ -138,6 +138,7 @@ pub struct SftCheckpoint {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftCompleted {
+    /// The trained weights: a PEFT adapter dir, or (full fine-tuning) the model dir.
     pub adapter: ArtifactRef,
     pub base_model: ArtifactRef,
     pub steps: u64,
@@ -146,6 +147,10 @@ pub struct SftCompleted {
     #[serde(default)]
     pub val_loss: Option<f64>,
     pub tokens_per_second: f64,
+    /// Set when every weight was trained (`finetuning_type = "full"`): the complete HF model
+    /// dir, which needs no merge. Added in schema 1 without a version bump (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ArtifactRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

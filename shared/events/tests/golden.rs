@@ -101,6 +101,7 @@ fn samples() -> Vec<Envelope> {
             train_loss_last: 0.5,
             val_loss: Some(0.6),
             tokens_per_second: 9500.0,
+            model: None,
         }),
         envelope(&ModelMerged {
             stage: Stage::Sft,

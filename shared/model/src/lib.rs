@@ -6,6 +6,7 @@
 //! * [`LoraAdapter`]: PEFT-compatible adapters, merge, AdamW.
 //! * [`generate()`]: greedy / temperature + top-p decoding.
 
+pub mod attn;
 pub mod batch;
 pub mod config;
 pub mod error;
@@ -29,4 +30,9 @@ pub use model::{DecoderLayer, KvCache, Linear, Model, Proj, TokenBatch};
 pub use quantized::{QKvCache, QuantizedModel};
 
 pub use candle_core::{DType, Device, Tensor, Var};
+
+/// Every tensor of a safetensors file, on the CPU (for tools and tests comparing weights).
+pub fn candle_safetensors_load(path: &std::path::Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Weight(format!("{}: {e}", path.display())))
+}
 pub use tiny::{init_tiny, init_tiny_with, TinySpec};

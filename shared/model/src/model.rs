@@ -18,7 +18,7 @@ use crate::ops::{
     attention, frozen_linear, lora_linear, plain_linear, repeat_kv, rms_norm_fused, rms_norm_train,
     rope_train, token_logprobs,
 };
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Var, DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -327,6 +327,8 @@ struct Ctx<'a> {
     train: bool,
     lora: Option<&'a LoraAdapter>,
     rng: Option<&'a mut ChaCha8Rng>,
+    /// Set when the uncached attention may use the fused CPU kernel (`crate::attn`).
+    fused_mask: Option<crate::attn::AttnMask>,
 }
 
 /// The decoder with frozen base weights held in the compute dtype.
@@ -561,6 +563,44 @@ impl Model {
         out
     }
 
+    /// Turns every weight into a trainable [`Var`] (full fine-tuning), in the order and
+    /// with the names of [`Model::named_tensors`]. The training forward then computes weight
+    /// gradients (it checks `is_variable()`: plain matmuls, differentiable norms and
+    /// lm_head); optimizer updates land in this model's tensors, so `save_hf` saves them.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        let mut out = Vec::new();
+        let mut conv = |name: String, t: &mut Tensor| -> Result<()> {
+            let v = Var::from_tensor(t)?;
+            *t = v.as_tensor().clone();
+            out.push((name, v));
+            Ok(())
+        };
+        conv("model.embed_tokens.weight".into(), &mut self.embed_tokens)?;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let pre = format!("model.layers.{i}");
+            conv(format!("{pre}.input_layernorm.weight"), &mut l.input_layernorm)?;
+            conv(format!("{pre}.post_attention_layernorm.weight"), &mut l.post_attention_layernorm)?;
+            if let Some(t) = &mut l.q_norm {
+                conv(format!("{pre}.self_attn.q_norm.weight"), t)?;
+            }
+            if let Some(t) = &mut l.k_norm {
+                conv(format!("{pre}.self_attn.k_norm.weight"), t)?;
+            }
+            for p in Proj::ALL {
+                let lin = &mut l.proj[p as usize];
+                conv(format!("{pre}.{}.weight", p.module_path()), &mut lin.weight)?;
+                if let Some(b) = &mut lin.bias {
+                    conv(format!("{pre}.{}.bias", p.module_path()), b)?;
+                }
+            }
+        }
+        conv("model.norm.weight".into(), &mut self.norm)?;
+        if let Some(h) = &mut self.lm_head {
+            conv("lm_head.weight".into(), h)?;
+        }
+        Ok(out)
+    }
+
     /// Saves a HF model dir: `config.json`, `model.safetensors` (in `save_dtype`:
     /// F32, BF16 or F16), `generation_config.json`, and the tokenizer files found in
     /// `tokenizer_src` (typically the base model dir). An existing
@@ -631,7 +671,9 @@ impl Model {
 
     fn norm(&self, x: &Tensor, w: &Tensor, train: bool) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        Ok(if train {
+        Ok(if train && w.is_variable() {
+            crate::ops::rms_norm_diff(x, w, eps)?
+        } else if train {
             rms_norm_train(x, w, eps)?
         } else {
             rms_norm_fused(x, w, eps)?
@@ -661,7 +703,9 @@ impl Model {
                 )?)
             }
             (train, pair) => {
-                let mut y = if train {
+                let mut y = if train && lin.weight.is_variable() {
+                    plain_linear(x, &lin.weight)? // full fine-tuning: dW too
+                } else if train {
                     frozen_linear(x, &lin.weight)?
                 } else {
                     plain_linear(x, &lin.weight)?
@@ -736,11 +780,14 @@ impl Model {
                 let p = candle_nn::ops::softmax_last_dim(&s)?;
                 p.matmul(&v_all)?.reshape((b, hq, t, hd))?
             }
-            None => {
-                let k = repeat_kv(&k, c.n_rep())?;
-                let v = repeat_kv(&v, c.n_rep())?;
-                attention(&q, &k, &v, mask, scale)?
-            }
+            None => match &ctx.fused_mask {
+                Some(m) => crate::attn::fused_attention(&q, &k, &v, m.clone(), scale)?,
+                None => {
+                    let k = repeat_kv(&k, c.n_rep())?;
+                    let v = repeat_kv(&v, c.n_rep())?;
+                    attention(&q, &k, &v, mask, scale)?
+                }
+            },
         };
         let attn = attn
             .transpose(1, 2)?
@@ -776,8 +823,6 @@ impl Model {
         // Positions count real tokens only, so left padding gets the same RoPE phases
         // as an unpadded sequence (what transformers' generate does via position_ids).
         let mut positions = Vec::with_capacity(b * t);
-        let mut mask = vec![0f32; b * t * t];
-        let neg = mask_value(self.dtype);
         for r in 0..b {
             let row = &batch.attention_mask[r * t..(r + 1) * t];
             let mut seen = 0u32;
@@ -789,15 +834,35 @@ impl Model {
                     positions.push(seen.saturating_sub(1));
                 }
             }
-            for i in 0..t {
-                for j in 0..t {
-                    if j > i || row[j] == 0 {
-                        mask[(r * t + i) * t + j] = neg;
+        }
+        // CPU f32: the fused kernel applies the causal + padding rule itself, so the
+        // [B, 1, T, T] additive mask is never built.
+        let fused = self.device.is_cpu() && self.dtype == DType::F32;
+        let fused_mask = fused.then(|| crate::attn::AttnMask {
+            offset: 0,
+            key_valid: batch
+                .attention_mask
+                .iter()
+                .any(|&m| m == 0)
+                .then(|| batch.attention_mask.iter().map(|&m| u8::from(m != 0)).collect()),
+        });
+        let mask = if fused {
+            None
+        } else {
+            let neg = mask_value(self.dtype);
+            let mut mask = vec![0f32; b * t * t];
+            for r in 0..b {
+                let row = &batch.attention_mask[r * t..(r + 1) * t];
+                for i in 0..t {
+                    for j in 0..t {
+                        if j > i || row[j] == 0 {
+                            mask[(r * t + i) * t + j] = neg;
+                        }
                     }
                 }
             }
-        }
-        let mask = Tensor::from_vec(mask, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
+            Some(Tensor::from_vec(mask, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
+        };
         let (cos, sin) = self.rope_tables(&positions)?;
         let half = self.config.head_dim / 2;
         let cos = cos.reshape((b, t, half))?;
@@ -806,10 +871,11 @@ impl Model {
             train: true,
             lora,
             rng,
+            fused_mask,
         };
         let mut x = self.embed(&batch.input_ids, b, t)?;
         for i in 0..self.layers.len() {
-            x = self.layer(i, &x, &cos, &sin, Some(&mask), None, &mut ctx)?;
+            x = self.layer(i, &x, &cos, &sin, mask.as_ref(), None, &mut ctx)?;
         }
         self.norm(&x, &self.norm, true)
     }
@@ -828,6 +894,12 @@ impl Model {
         let h = self.train_hidden(batch, lora, rng)?;
         let (b, t, hs) = h.dims3()?;
         let targets = Tensor::from_slice(&batch.targets, b * t, &self.device)?;
+        if self.lm_head_weight().is_variable() {
+            // Full fine-tuning: the lm_head weight needs its gradient, so the logits go
+            // through candle's autograd (fine for small vocabularies like the tiny preset's).
+            let lp = crate::ops::token_logprobs_trainable(&h.reshape((b * t, hs))?, self.lm_head_weight(), &targets, chunk)?;
+            return Ok(lp.reshape((b, t))?);
+        }
         let lp = token_logprobs(
             &h.reshape((b * t, hs))?,
             self.lm_head_weight(),
@@ -886,6 +958,7 @@ impl Model {
             train: false,
             lora,
             rng: None,
+            fused_mask: None,
         };
         let mut x = self.embed(&ids, b, t)?;
         for i in 0..self.layers.len() {

@@ -260,6 +260,31 @@ pub fn token_logprobs(
     })
 }
 
+/// [`token_logprobs`] differentiable w.r.t. both `h` and `w` (full fine-tuning), through
+/// candle's autograd; the `[chunk, V]` logits of every chunk stay on the tape.
+pub fn token_logprobs_trainable(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    chunk: usize,
+) -> candle_core::Result<Tensor> {
+    let n = h.dim(0)?;
+    let chunk = chunk.max(1);
+    let mut outs = Vec::new();
+    let mut s = 0;
+    while s < n {
+        let len = chunk.min(n - s);
+        let logits = h.narrow(0, s, len)?.matmul(&w.t()?)?;
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        outs.push(lsm.gather(&targets.narrow(0, s, len)?.unsqueeze(1)?, 1)?.squeeze(1)?);
+        s += len;
+    }
+    if outs.is_empty() {
+        return Tensor::zeros(0, h.dtype(), h.device());
+    }
+    Tensor::cat(&outs, 0)
+}
+
 /// Holds a forward value computed outside the graph; the custom op's forward just
 /// hands it over. This lets a custom op reuse candle's tensor kernels for its forward
 /// while recording only the inputs the backward needs.

@@ -19,6 +19,11 @@ pub use worker::{HandlerError, Worker};
 
 use tokio_util::sync::CancellationToken;
 
+/// See the `mimalloc` feature in Cargo.toml: one allocator for every fcmesh binary.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Cancelled on SIGTERM or Ctrl-C (or by the caller). Services stop taking new work when
 /// it fires; in-flight messages are finished or nak'ed, never dropped unsettled.
 #[derive(Clone, Debug, Default)]

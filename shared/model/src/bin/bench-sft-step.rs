@@ -53,6 +53,8 @@ struct Args {
     layers: usize,
     rank: usize,
     decode: usize,
+    /// The tiny preset's shape (hidden 128, 4 layers, 4/2 heads x 32, inter 384, vocab 3000).
+    tiny: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -63,11 +65,17 @@ fn parse_args() -> Result<Args, String> {
         layers: 28,
         rank: 32,
         decode: 0,
+        tiny: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--tiny" {
+            a.tiny = true;
+            a.layers = 4;
+            continue;
         }
         let val = it
             .next()
@@ -98,7 +106,7 @@ fn main() {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "usage: bench-sft-step [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
+                "usage: bench-sft-step [--tiny] [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
             );
             std::process::exit(2);
         }
@@ -111,9 +119,14 @@ fn main() {
 
 fn run(a: &Args) -> fc_model::Result<()> {
     let dev = Device::Cpu;
-    let cfg = ModelConfig::qwen3(
-        151_936, 1024, 3072, a.layers, 16, 8, 128, true, 151_643, 151_645,
-    )?;
+    let cfg = if a.tiny {
+        ModelConfig::qwen3(3000, 128, 384, a.layers, 4, 2, 32, true, 0, 1)?
+    } else {
+        ModelConfig::qwen3(
+            151_936, 1024, 3072, a.layers, 16, 8, 128, true, 151_643, 151_645,
+        )?
+    };
+    let vocab = cfg.vocab_size as u32;
     let t0 = Instant::now();
     let model = Model::random(cfg, 0, &dev, DType::F32)?;
     let ad = LoraAdapter::new(
@@ -134,9 +147,9 @@ fn run(a: &Args) -> fc_model::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     let n = a.batch * a.seq;
-    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 151_000).collect();
+    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % (vocab - 10)).collect();
     let targets: Vec<u32> = (0..n as u32)
-        .map(|i| (i * 7919 + 13 + 7919) % 151_000)
+        .map(|i| (i * 7919 + 13 + 7919) % (vocab - 10))
         .collect();
     let batch = TokenBatch {
         batch: a.batch,
@@ -171,10 +184,11 @@ fn run(a: &Args) -> fc_model::Result<()> {
     };
     let mean = measured.iter().sum::<f64>() / measured.len() as f64;
     let peak = status_mib("VmHWM:");
-    println!("| impl | alloc | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| impl | alloc | shape | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
+        "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
+        if a.tiny { "tiny" } else { "qwen3-0.6b" },
         a.layers,
         a.seq,
         a.batch,
