@@ -39,21 +39,29 @@ def main():
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="the tiny preset's shape (hidden 128, 4 layers, vocab 3000)")
+    ap.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
     a = ap.parse_args()
+    if a.tiny:
+        a.layers = 4
     torch.manual_seed(0)
     t0 = time.time()
+    shape = dict(vocab_size=3000, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32) if a.tiny else dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128)
+    vocab = shape["vocab_size"]
     cfg = Qwen3Config(
-        vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-        num_hidden_layers=a.layers, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=128, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, attention_bias=False, use_cache=False,
+        num_hidden_layers=a.layers, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, attention_bias=False, use_cache=False, **shape,
     )
     model = Qwen3ForCausalLM(cfg).to(torch.float32)
     model.config.use_cache = False
-    lcfg = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                      "gate_proj", "up_proj", "down_proj"])
-    model = get_peft_model(model, lcfg)
+    if not a.full:
+        lcfg = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                          "gate_proj", "up_proj", "down_proj"])
+        model = get_peft_model(model, lcfg)
     if a.grad_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -66,8 +74,8 @@ def main():
     print(f"init {init_s:.1f}s, lora params {n_lora}, RSS after init {rss_init:.0f} MiB, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
     n = a.batch * a.seq
-    ids = torch.tensor([(i * 7919 + 13) % 151000 for i in range(n)]).view(a.batch, a.seq)
-    tgt = torch.tensor([(i * 7919 + 13 + 7919) % 151000 for i in range(n)]).view(a.batch, a.seq)
+    ids = torch.tensor([(i * 7919 + 13) % (vocab - 10) for i in range(n)]).view(a.batch, a.seq)
+    tgt = torch.tensor([(i * 7919 + 13 + 7919) % (vocab - 10) for i in range(n)]).view(a.batch, a.seq)
     mask = torch.ones_like(ids)
     times = []
     for step in range(a.steps):
@@ -88,10 +96,11 @@ def main():
     measured = times[1:] if len(times) > 1 else times
     mean = sum(measured) / len(measured)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    label = "torch+peft" + (" (grad ckpt)" if a.grad_checkpointing else "")
-    print("| impl | alloc | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {label} {torch.__version__} | pymalloc/glibc | {a.layers} | {a.seq} | {a.batch} | {a.rank} | "
+    label = ("torch" if a.full else "torch+peft") + (" (grad ckpt)" if a.grad_checkpointing else "")
+    train = "full" if a.full else f"lora r{a.rank}"
+    print("| impl | alloc | shape | train | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {label} {torch.__version__} | pymalloc/glibc | {'tiny' if a.tiny else 'qwen3-0.6b'} | {train} | {a.layers} | {a.seq} | {a.batch} | {a.rank} | "
           f"{a.steps} | {mean:.2f} | {n / mean:.1f} | {times[0]:.2f} | {peak:.0f} | {rss_init:.0f} |")
 
 

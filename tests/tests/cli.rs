@@ -83,7 +83,10 @@ fn data_model_and_eval_commands() {
     for k in ["train_loss_first", "train_loss_last", "val_loss", "tokens_per_second"] {
         assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k}: {r}");
     }
-    assert!(sft_out.join("adapter/adapter_model.safetensors").exists(), "{r}");
+    // The tiny preset's recipe trains every weight: the output is a model dir.
+    assert_eq!(r["finetuning_type"], "full", "{r}");
+    assert_eq!(r["adapter"].as_str().map(Path::new), Some(sft_out.join("model").as_path()), "{r}");
+    assert!(sft_out.join("model/model.safetensors").exists() && sft_out.join("model/tokenizer.json").exists(), "{r}");
 
     // Merge an adapter into it, with a Q8_0 GGUF beside the HF files.
     let base = fc_model::Model::load(&model, &fc_model::Device::Cpu, fc_model::DType::F32).expect("load tiny");

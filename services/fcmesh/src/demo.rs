@@ -221,8 +221,8 @@ async fn watch(
     println!("{:<20} {:<10} note", "stage", "state");
     for (stage, state, note) in [
         ("ingest", "done", "data-ingest: DatasetIngested with train/val/rejects artifacts"),
-        ("sft", "done", "sft-trainer: LoRA SFT with checkpoints, SftStep/SftCheckpoint/SftCompleted"),
-        ("merge", "done", "merger: ModelMerged (HF dir artifact)"),
+        ("sft", "done", "sft-trainer: full fine-tune of the tiny preset (LoRA for real bases), checkpoints, SftStep/SftCheckpoint/SftCompleted"),
+        ("merge", "done", "merger: ModelMerged (a full fine-tune passes through; adapters are merged)"),
         ("eval + promote", "done", "evaluator: EvalCompleted; promoter: ModelPromoted when thresholds pass"),
         ("grpo", "pending", "rollout-generator and grpo-learner: GRPO issue (reward-scorer is live)"),
         ("serve", "pending", "the gateway chat API: gateway issue"),

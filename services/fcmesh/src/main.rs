@@ -255,6 +255,7 @@ async fn connect() -> anyhow::Result<Bus> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    fc_runtime::tune_allocator();
     let _telemetry = fc_telemetry::init("fcmesh")?;
     let span = tracing::info_span!("fcmesh", command = command_name(&cli.command));
     tracing::Instrument::instrument(run_command(cli), span).await

@@ -94,15 +94,83 @@ fn summarize(env: &Envelope) -> String {
     parts.join(" ")
 }
 
-/// Prints `run`'s timeline as a table (or JSON).
+/// One pipeline stage as the log shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageRow {
+    pub stage: &'static str,
+    /// pending, running, done or failed.
+    pub state: &'static str,
+    /// Progress, latest metrics and artifacts, in words.
+    pub detail: String,
+}
+
+fn short(a: &serde_json::Value) -> String {
+    let sha = a.get("sha256").and_then(|v| v.as_str()).unwrap_or("");
+    format!("sha256:{}", &sha[..sha.len().min(12)])
+}
+
+/// The run's stages projected from its events (and the dead-letter stream).
+pub async fn stages(bus: &Bus, run: &str) -> anyhow::Result<Vec<StageRow>> {
+    let mut rows: Vec<StageRow> = ["ingest", "sft", "merge", "eval", "promote"]
+        .into_iter()
+        .map(|stage| StageRow { stage, state: "pending", detail: String::new() })
+        .collect();
+    let mut s = bus.replay(subjects::STREAM_RUNS, &format!("fc.run.{run}.>"), DeliverPolicy::All).await?;
+    while let Some(d) = s.next().await {
+        let Ok(env) = d?.envelope() else { continue };
+        let p = &env.payload;
+        let f = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let (i, state, detail) = match env.event_type.as_str() {
+            "pipeline_requested" => (0, "running", "requested".to_string()),
+            "dataset_ingested" => (0, "done", format!("{} accepted of {} ({} train, {} val), train {}", p["accepted"], p["read"], p["train_count"], p["val_count"], short(&p["train"]))),
+            "sft_started" => (1, "running", format!("0/{} steps{}", p["total_steps"], p.get("resumed_from_step").filter(|v| !v.is_null()).map(|v| format!(", resumed from step {v}")).unwrap_or_default())),
+            "sft_step" => (1, "running", format!("{}/{} steps ({:.0}%), loss {:.3}{}, {:.0} tokens/s", p["step"], p["total_steps"], 100.0 * f("step") / f("total_steps"), f("loss"), p.get("val_loss").and_then(|v| v.as_f64()).map(|v| format!(", val loss {v:.3}")).unwrap_or_default(), f("tokens_per_second"))),
+            "sft_checkpoint" => {
+                let prev = rows[1].detail.clone();
+                (1, "running", format!("{prev}; checkpoint at step {} {}", p["step"], short(&p["checkpoint"])))
+            }
+            "sft_completed" => (1, "done", format!("{} steps, train loss {:.3} -> {:.3}, val loss {}, weights {}", p["steps"], f("train_loss_first"), f("train_loss_last"), p.get("val_loss").and_then(|v| v.as_f64()).map(|v| format!("{v:.3}")).unwrap_or("-".into()), short(&p["adapter"]))),
+            "model_merged" => (2, "done", format!("{} model {}", p["stage"].as_str().unwrap_or(""), short(&p["model"]))),
+            "eval_completed" => {
+                let m = &p["metrics"];
+                let g = |k: &str| m.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                (3, "done", format!("{}: parse {:.3} schema {:.3} func {:.3} exec {:.3} (n={})", p["stage"].as_str().unwrap_or(""), g("parse_rate"), g("schema_hit"), g("func_accuracy"), g("exec_rate"), m["count"]))
+            }
+            "model_promoted" => (4, "done", format!("{} model {}", p["stage"].as_str().unwrap_or(""), short(&p["model"]))),
+            _ => continue,
+        };
+        rows[i].state = state;
+        rows[i].detail = detail;
+    }
+    let mut dlq = bus.replay(subjects::STREAM_DLQ, "fc.dlq.>", DeliverPolicy::All).await?;
+    while let Some(d) = dlq.next().await {
+        let Ok(env) = d?.envelope() else { continue };
+        if env.run_id != run {
+            continue;
+        }
+        if let Some(row) = rows.iter_mut().find(|r| r.state != "done") {
+            row.state = "failed";
+            row.detail = format!("dead-lettered: {}", env.payload.get("reason").and_then(|v| v.as_str()).unwrap_or("?"));
+        }
+    }
+    Ok(rows)
+}
+
+/// Prints `run`'s stages and timeline as tables (or JSON).
 pub async fn print_timeline(bus: &Bus, run: &str, json: bool) -> anyhow::Result<()> {
     let entries = timeline(bus, run).await?;
     if entries.is_empty() {
         bail!("no events for run {run:?}");
     }
+    let rows = stages(bus, run).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "stages": rows, "timeline": entries}))?);
     } else {
+        println!("{:<8} {:<8} detail", "stage", "state");
+        for r in &rows {
+            println!("{:<8} {:<8} {}", r.stage, r.state, r.detail);
+        }
+        println!();
         println!("{:>5}  {:<23}  {:<20} {:<26} details", "seq", "time", "event", "producer");
         for e in entries {
             println!("{:>5}  {:<23}  {:<20} {:<26} {}", e.seq, e.at, e.event, e.producer, e.summary);

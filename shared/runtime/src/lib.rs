@@ -24,6 +24,27 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "mimalloc")]
+extern "C" {
+    /// mimalloc's runtime option setter (exported by the static library the `mimalloc`
+    /// crate links).
+    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+}
+
+/// Keeps freed memory mapped instead of returning it to the OS after 10 ms (mimalloc's
+/// `purge_delay = -1`). A training step frees and re-allocates gigabytes of activations;
+/// purging made the kernel zero those pages again every step (measured: 27 s of system
+/// time over two Qwen3-0.6B-shaped LoRA steps, 16 s without purging, 13% faster steps).
+/// Called at the start of every service and of `fcmesh`.
+pub fn tune_allocator() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: plain C call with scalar arguments; option 15 is `mi_option_purge_delay` in
+    // both mimalloc v2 and v3 (the `mi_option_e` enum in mimalloc.h).
+    unsafe {
+        mi_option_set(15, -1);
+    }
+}
+
 /// Cancelled on SIGTERM or Ctrl-C (or by the caller). Services stop taking new work when
 /// it fires; in-flight messages are finished or nak'ed, never dropped unsettled.
 #[derive(Clone, Debug, Default)]

@@ -81,6 +81,7 @@ where
     F: FnOnce(C, Bus, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
+    crate::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", help_text(name, about, &vars));

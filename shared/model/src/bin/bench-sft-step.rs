@@ -26,6 +26,20 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "mimalloc")]
+extern "C" {
+    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+}
+
+/// Same setting as the services (`fc_runtime::tune_allocator`): freed memory stays mapped.
+fn tune_allocator() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: scalar C call; 15 is `mi_option_purge_delay` in mimalloc v2 and v3.
+    unsafe {
+        mi_option_set(15, -1);
+    }
+}
+
 const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
     "mimalloc"
 } else {
@@ -55,6 +69,8 @@ struct Args {
     decode: usize,
     /// The tiny preset's shape (hidden 128, 4 layers, 4/2 heads x 32, inter 384, vocab 3000).
     tiny: bool,
+    /// Full fine-tuning (every weight trainable) instead of LoRA.
+    full: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,11 +82,16 @@ fn parse_args() -> Result<Args, String> {
         rank: 32,
         decode: 0,
         tiny: false,
+        full: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--full" {
+            a.full = true;
+            continue;
         }
         if flag == "--tiny" {
             a.tiny = true;
@@ -99,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    tune_allocator();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -106,7 +128,7 @@ fn main() {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "usage: bench-sft-step [--tiny] [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
+                "usage: bench-sft-step [--tiny] [--full] [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
             );
             std::process::exit(2);
         }
@@ -128,7 +150,9 @@ fn run(a: &Args) -> fc_model::Result<()> {
     };
     let vocab = cfg.vocab_size as u32;
     let t0 = Instant::now();
-    let model = Model::random(cfg, 0, &dev, DType::F32)?;
+    let mut model = Model::random(cfg, 0, &dev, DType::F32)?;
+    let full_vars: Vec<fc_model::Var> = if a.full { model.make_trainable()?.into_iter().map(|(_, v)| v).collect() } else { Vec::new() };
+    let model = model;
     let ad = LoraAdapter::new(
         &model,
         LoraConfig {
@@ -158,11 +182,16 @@ fn run(a: &Args) -> fc_model::Result<()> {
         attention_mask: vec![1; n],
         targets,
     };
-    let mut opt = ad.adamw(1e-4, 0.0)?;
+    let mut opt = if a.full {
+        fc_model::AdamW::new(full_vars.clone(), fc_model::AdamWParams { lr: 1e-4, weight_decay: 0.0, ..Default::default() })?
+    } else {
+        ad.adamw(1e-4, 0.0)?
+    };
+    let adapter = if a.full { None } else { Some(&ad) };
     let mut times = Vec::with_capacity(a.steps);
     for step in 0..a.steps {
         let t = Instant::now();
-        let lp = model.train_logprobs(&batch, Some(&ad), None, 256)?;
+        let lp = model.train_logprobs(&batch, adapter, None, 256)?;
         let loss = lp.mean_all()?.neg()?;
         let tf = t.elapsed().as_secs_f64();
         let grads = loss.backward()?;
@@ -184,11 +213,12 @@ fn run(a: &Args) -> fc_model::Result<()> {
     };
     let mean = measured.iter().sum::<f64>() / measured.len() as f64;
     let peak = status_mib("VmHWM:");
-    println!("| impl | alloc | shape | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| impl | alloc | shape | train | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
+        "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
         if a.tiny { "tiny" } else { "qwen3-0.6b" },
+        if a.full { "full".to_string() } else { format!("lora r{}", a.rank) },
         a.layers,
         a.seq,
         a.batch,
