@@ -64,6 +64,7 @@ fn metric(v: &serde_json::Value, k: &str) -> f64 {
 
 /// Scores `model` on `data` with the evaluator's code path (for the rows the pipeline's
 /// evaluator does not produce: the untrained base, and held-out tools).
+#[allow(clippy::too_many_arguments)]
 async fn eval_row(model: PathBuf, data: PathBuf, format: &str, split: Option<&str>, out: PathBuf, name: &str, max_samples: usize, max_tokens: usize) -> anyhow::Result<serde_json::Value> {
     let args = eval_cmd::EvalArgs {
         model: Some(model),

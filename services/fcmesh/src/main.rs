@@ -403,7 +403,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
                 (None, None) => bail!("give --prompt or --prompt-file"),
             };
-            if !(top_p > 0.0 && top_p <= 1.0) || !temperature.is_finite() || temperature < 0.0 {
+            if !(top_p > 0.0 && top_p <= 1.0 && temperature.is_finite() && temperature >= 0.0) {
                 bail!("--temperature must be >= 0 and --top-p in (0, 1]");
             }
             let params = fc_model::GenerateParams { max_tokens, temperature, top_p, seed, stop_token_ids: None };

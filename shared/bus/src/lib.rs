@@ -176,6 +176,7 @@ struct DlqContext {
 }
 
 impl Delivery {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         subject: String,
         headers: Headers,

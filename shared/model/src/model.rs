@@ -842,8 +842,7 @@ impl Model {
             offset: 0,
             key_valid: batch
                 .attention_mask
-                .iter()
-                .any(|&m| m == 0)
+                .contains(&0)
                 .then(|| batch.attention_mask.iter().map(|&m| u8::from(m != 0)).collect()),
         });
         let mask = if fused {

@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 /// Additive mask value for future positions (activations are f32 here).
 const MASK: f32 = -1.0e9;
-/// Allocation granularity of the KV buffers (positions).
-
 /// Token embedding table: dense (F32/F16 files) or still in its quantized blocks
 /// (rows are dequantized on lookup, so a Q8_0 table costs ~1/4 of f32 memory).
 #[derive(Debug, Clone)]

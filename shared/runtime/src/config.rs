@@ -71,7 +71,7 @@ impl ConfigSource {
                     toml::Value::String(s) => s,
                     other => other.to_string(),
                 };
-                src.origin.insert(name.clone(), format!("{path}"));
+                src.origin.insert(name.clone(), path.to_string());
                 src.values.insert(name, value);
             }
         }
