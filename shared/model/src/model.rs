@@ -797,7 +797,7 @@ impl Model {
         let h = self.norm(&x, &l.post_attention_layernorm, train)?;
         let gate = self.linear(&h, i, Proj::Gate, ctx)?;
         let up = self.linear(&h, i, Proj::Up, ctx)?;
-        let act = (gate.silu()? * up)?;
+        let act = crate::ops::swiglu(&gate, &up)?;
         let down = self.linear(&act, i, Proj::Down, ctx)?;
         Ok((x + down)?)
     }

@@ -626,6 +626,81 @@ pub fn lora_linear(
     )
 }
 
+/// Contiguous f32 CPU data of a tensor, if it has that form.
+fn cpu_f32(t: &Tensor) -> Option<Vec<f32>> {
+    let (st, l) = t.storage_and_layout();
+    match (&*st, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(v[a..b].to_vec()),
+        _ => None,
+    }
+}
+
+/// `silu(gate) * up` in one pass; the graph keeps only `gate` and `up` (not the SiLU
+/// output, which candle's two ops would keep as a third `[tokens, intermediate]` tensor
+/// per layer), and the backward is one pass too.
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl candle_core::CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (Some((g0, g1)), Some((u0, u1))) = (gl.contiguous_offsets(), ul.contiguous_offsets()) else {
+            bail!("swiglu: inputs must be contiguous");
+        };
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (g, u) else {
+            bail!("swiglu: f32 only");
+        };
+        let (g, u) = (&g[g0..g1], &u[u0..u1]);
+        if g.len() != u.len() {
+            bail!("swiglu: gate and up differ in size");
+        }
+        let mut out = vec![0f32; g.len()];
+        use rayon::prelude::*;
+        out.par_chunks_mut(16384).zip(g.par_chunks(16384).zip(u.par_chunks(16384))).for_each(|(o, (g, u))| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (Some(gv), Some(uv), Some(dv)) = (cpu_f32(g), cpu_f32(u), cpu_f32(&grad.contiguous()?)) else {
+            bail!("swiglu: backward needs contiguous f32 CPU tensors");
+        };
+        let mut dg = vec![0f32; gv.len()];
+        let mut du = vec![0f32; gv.len()];
+        use rayon::prelude::*;
+        dg.par_chunks_mut(16384)
+            .zip(du.par_chunks_mut(16384))
+            .zip(gv.par_chunks(16384).zip(uv.par_chunks(16384)).zip(dv.par_chunks(16384)))
+            .for_each(|((dg, du), ((g, u), d))| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    du[i] = d[i] * g[i] * s;
+                    dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                }
+            });
+        Ok((Some(Tensor::from_vec(dg, g.shape(), g.device())?), Some(Tensor::from_vec(du, u.shape(), u.device())?)))
+    }
+}
+
+/// `silu(gate) * up` (the Qwen3 MLP activation): one fused CPU f32 op with a one-pass
+/// backward; candle's ops elsewhere.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+        gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+    } else {
+        gate.silu()?.mul(up)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The memory-saving custom ops must match the plain differentiable
@@ -666,6 +741,25 @@ mod tests {
             gb.get(x.as_tensor()).unwrap(),
         );
         assert!(max_diff(ga, gb) < 1e-10, "grad diff {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up() {
+        // f32: the fused CPU path (f64 falls back to candle's ops).
+        let f32r = |seed| rand(&[3, 5, 7], seed).affine(4.0, 0.0).unwrap().to_dtype(DType::F32).unwrap();
+        let g = Var::from_tensor(&f32r(1)).unwrap();
+        let u = Var::from_tensor(&f32r(2)).unwrap();
+        let w = f32r(3);
+        let f64d = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let a = swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+        let b = g.as_tensor().silu().unwrap().mul(u.as_tensor()).unwrap();
+        assert!(max_diff(&f64d(&a), &f64d(&b)) < 1e-5);
+        let ga = a.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = b.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        for x in [&g, &u] {
+            let d = max_diff(&f64d(ga.get(x.as_tensor()).unwrap()), &f64d(gb.get(x.as_tensor()).unwrap()));
+            assert!(d < 1e-4, "grad diff {d}");
+        }
     }
 
     #[test]
