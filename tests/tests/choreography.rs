@@ -42,27 +42,6 @@ fn spawn_service(name: &str, nats: &str, data_dir: &Path, extra: &[(&str, &str)]
     Proc(cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")))
 }
 
-/// Max abs difference over the tensors of the `*.safetensors` files in two weight dirs.
-fn max_weight_diff(a: &Path, b: &Path) -> f32 {
-    let load = |d: &Path| {
-        let mut all = std::collections::BTreeMap::new();
-        for e in std::fs::read_dir(d).expect("dir") {
-            let p = e.expect("entry").path();
-            if p.extension().is_some_and(|x| x == "safetensors") {
-                all.extend(fc_model::candle_safetensors_load(&p).expect("safetensors"));
-            }
-        }
-        all
-    };
-    let (x, y) = (load(a), load(b));
-    assert!(!x.is_empty(), "no weights in {}", a.display());
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-    let diff = |p: &fc_model::Tensor, q: &fc_model::Tensor| -> f32 {
-        (p - q).and_then(|t| t.abs()).and_then(|t| t.flatten_all()).and_then(|t| t.max(0)).and_then(|t| t.to_scalar::<f32>()).expect("diff")
-    };
-    x.iter().map(|(k, t)| diff(t, &y[k])).fold(0f32, f32::max)
-}
-
 fn tiny_model(dir: &Path, input: &Path) {
     let out = Command::new(workspace_bin("fcmesh"))
         .args(["init-model", "--preset", "tiny", "--data"])
@@ -229,7 +208,7 @@ min_func_accuracy = 0.0
     })
     .await
     .expect("join");
-    let max = max_weight_diff(&adapter_dir, &reference.adapter);
+    let max = fc_model::max_weight_diff(&adapter_dir, &reference.adapter).expect("weights");
     eprintln!("resumed-after-kill weights vs uninterrupted: max abs diff {max:e}");
     assert!(max < 1e-4, "weights differ by {max}");
     assert!((reference.train_loss_last - done.train_loss_last).abs() < 1e-3);

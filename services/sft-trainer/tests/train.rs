@@ -24,27 +24,6 @@ fn write_jsonl(path: &Path, s: &[Sample]) {
     }
 }
 
-/// Max abs difference over every tensor of the `*.safetensors` files in two weight dirs
-/// (adapter or model), which must hold the same keys.
-fn max_weight_diff(a: &Path, b: &Path) -> f32 {
-    let load = |d: &Path| {
-        let mut all = std::collections::BTreeMap::new();
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "safetensors") {
-                all.extend(candle_core::safetensors::load(&p, &Device::Cpu).unwrap());
-            }
-        }
-        all
-    };
-    let (x, y) = (load(a), load(b));
-    assert!(!x.is_empty());
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-    x.iter()
-        .map(|(k, t)| (t - &y[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap())
-        .fold(0f32, f32::max)
-}
-
 fn tiny(dir: &Path, s: &[Sample]) {
     let template = fc_chat::ChatTemplate::new(fc_model::tiny::QWEN3_CHAT_TEMPLATE).expect("template");
     let texts: Vec<String> =
@@ -259,7 +238,7 @@ fn resume_matches(kind: FinetuningType) {
     assert!(full_rec.steps.last().unwrap().epoch > 1.0, "the run crosses an epoch boundary");
 
     assert_eq!(full.finetuning_type, kind);
-    let max = max_weight_diff(&full.adapter, &done.adapter);
+    let max = fc_model::max_weight_diff(&full.adapter, &done.adapter).unwrap();
     eprintln!("{kind:?}: resumed vs uninterrupted weights: max abs diff {max:e}");
     assert!(max < 1e-5, "weights differ by {max}");
 

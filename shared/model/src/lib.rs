@@ -31,8 +31,31 @@ pub use quantized::{QKvCache, QuantizedModel};
 
 pub use candle_core::{DType, Device, Tensor, Var};
 
-/// Every tensor of a safetensors file, on the CPU (for tools and tests comparing weights).
-pub fn candle_safetensors_load(path: &std::path::Path) -> Result<std::collections::HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Weight(format!("{}: {e}", path.display())))
+/// Largest absolute difference between two weight dirs (adapter or model): every tensor
+/// of their `*.safetensors` files, which must hold the same names and shapes. For tools
+/// and tests that check two trainings or a merge produced the same weights.
+pub fn max_weight_diff(a: &std::path::Path, b: &std::path::Path) -> Result<f32> {
+    let load = |d: &std::path::Path| -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let mut all = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(d).map_err(|e| ModelError::io(d, e))? {
+            let p = e.map_err(|e| ModelError::io(d, e))?.path();
+            if p.extension().is_some_and(|x| x == "safetensors") {
+                let t = candle_core::safetensors::load(&p, &Device::Cpu)
+                    .map_err(|e| ModelError::Weight(format!("{}: {e}", p.display())))?;
+                all.extend(t);
+            }
+        }
+        Ok(all)
+    };
+    let (x, y) = (load(a)?, load(b)?);
+    if x.is_empty() || x.keys().ne(y.keys()) {
+        return Err(ModelError::Weight(format!("{} and {} hold different tensors", a.display(), b.display())));
+    }
+    let mut max = 0f32;
+    for (k, t) in &x {
+        let d = (t - &y[k])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        max = max.max(d);
+    }
+    Ok(max)
 }
 pub use tiny::{init_tiny, init_tiny_with, TinySpec};

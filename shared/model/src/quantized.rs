@@ -375,7 +375,7 @@ impl QuantizedModel {
             .reshape((b, t, hq * hd))?;
         let x = (x + lin(Proj::O, &attn)?)?;
         let h = self.rms(&x, &l.ffn_norm)?;
-        let act = (lin(Proj::Gate, &h)?.silu()? * lin(Proj::Up, &h)?)?;
+        let act = crate::ops::swiglu(&lin(Proj::Gate, &h)?, &lin(Proj::Up, &h)?)?;
         Ok((x + lin(Proj::Down, &act)?)?)
     }
 
