@@ -105,6 +105,10 @@ pub struct SftConfig {
     pub logprob_chunk: usize,
     /// Cap on validation examples used (first N of the file).
     pub max_val_samples: Option<usize>,
+    /// LoRA: decoder layers whose activations are recomputed in the backward instead of
+    /// kept (gradient checkpointing); each trades about one layer forward for its
+    /// activations. 0: none. Ignored for a full fine-tune.
+    pub recompute_layers: usize,
 }
 
 impl Default for SftConfig {
@@ -134,6 +138,7 @@ impl Default for SftConfig {
             shuffle_window: 64,
             logprob_chunk: 256,
             max_val_samples: None,
+            recompute_layers: 0,
         }
     }
 }
@@ -650,6 +655,7 @@ pub fn train_with(
         _ => model_dir.to_path_buf(),
     };
     let mut model = Model::load(&weights_dir, device, dtype)?;
+    model.set_recompute_layers(cfg.recompute_layers);
     let (trainee, vars) = if full {
         let vars: Vec<candle_core::Var> = model.make_trainable()?.into_iter().map(|(_, v)| v).collect();
         (Trainee::Full, vars)

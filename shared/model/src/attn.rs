@@ -29,6 +29,16 @@ pub struct AttnMask {
     pub key_valid: Option<Vec<u8>>,
 }
 
+/// How `q`/`o` (`[.., Hq, T, D]` heads) and `k`/`v` (`Hkv` heads, `L` rows) lie in memory.
+///
+/// `Bhtd` is candle's usual `[B, H, T, D]`; `Bthd` is `[B, T, H, D]`, what a projection's
+/// output is after a reshape, so the training path needs no transposed copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnLayout {
+    Bhtd,
+    Bthd,
+}
+
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
@@ -37,11 +47,53 @@ struct Dims {
     t: usize,
     l: usize,
     d: usize,
+    layout: AttnLayout,
 }
 
 impl Dims {
     fn n_rep(&self) -> usize {
         self.hq / self.hkv
+    }
+    /// Offset of row 0 of query head `h` in batch row `bi`, and the row stride.
+    fn q_at(&self, bi: usize, h: usize) -> (usize, usize) {
+        match self.layout {
+            AttnLayout::Bhtd => ((bi * self.hq + h) * self.t * self.d, self.d),
+            AttnLayout::Bthd => (bi * self.t * self.hq * self.d + h * self.d, self.hq * self.d),
+        }
+    }
+    /// Offset of row 0 of KV head `g` in batch row `bi`, and the row stride.
+    fn kv_at(&self, bi: usize, g: usize) -> (usize, usize) {
+        match self.layout {
+            AttnLayout::Bhtd => ((bi * self.hkv + g) * self.l * self.d, self.d),
+            AttnLayout::Bthd => (bi * self.l * self.hkv * self.d + g * self.d, self.hkv * self.d),
+        }
+    }
+    /// Copies task-ordered query-shaped blocks (`[B, Hkv, n_rep, T, D]`) into the layout.
+    fn scatter_q(&self, blocks: &[Vec<f32>]) -> Vec<f32> {
+        let mut out = vec![0f32; self.b * self.hq * self.t * self.d];
+        let n_rep = self.n_rep();
+        for (task, blk) in blocks.iter().enumerate() {
+            let (bi, g) = (task / self.hkv, task % self.hkv);
+            for r in 0..n_rep {
+                let (off, rs) = self.q_at(bi, g * n_rep + r);
+                for i in 0..self.t {
+                    let src = &blk[(r * self.t + i) * self.d..(r * self.t + i + 1) * self.d];
+                    out[off + i * rs..off + i * rs + self.d].copy_from_slice(src);
+                }
+            }
+        }
+        out
+    }
+    /// Copies task-ordered KV-shaped blocks (`[B, Hkv, L, D]`) into the layout.
+    fn scatter_kv(&self, blocks: &[Vec<f32>]) -> Vec<f32> {
+        let mut out = vec![0f32; self.b * self.hkv * self.l * self.d];
+        for (task, blk) in blocks.iter().enumerate() {
+            let (off, rs) = self.kv_at(task / self.hkv, task % self.hkv);
+            for j in 0..self.l {
+                out[off + j * rs..off + j * rs + self.d].copy_from_slice(&blk[j * self.d..(j + 1) * self.d]);
+            }
+        }
+        out
     }
 }
 
@@ -62,10 +114,30 @@ fn mm(
     b_rs: usize,
     b_cs: usize,
 ) {
+    gemm_f32(m, n, k, dst, dst_rs, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, gemm::Parallelism::None)
+}
+
+/// [`mm`] with a choice of parallelism (bounds-checked, so safe to call).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    par: gemm::Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(dst.len() >= (m - 1) * dst_rs + n);
     if k == 0 {
         if !accumulate {
             for r in 0..m {
@@ -74,8 +146,8 @@ fn mm(
         }
         return;
     }
-    debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    debug_assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     // SAFETY: the asserts above bound every index gemm touches within the slices, and
     // `dst` does not alias `a` or `b` (distinct borrows).
     unsafe {
@@ -98,7 +170,7 @@ fn mm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
@@ -108,13 +180,33 @@ fn visible(mask: &AttnMask, i: usize, l: usize) -> usize {
     (mask.offset + i + 1).min(l)
 }
 
+/// A head's rows: the slice starting at row 0 and the row stride.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    rs: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn at(data: &'a [f32], (off, rs): (usize, usize)) -> Self {
+        Rows { data: &data[off..], rs }
+    }
+    /// Rows from `i` on.
+    fn from(self, i: usize) -> &'a [f32] {
+        &self.data[i * self.rs..]
+    }
+    fn row(self, i: usize, d: usize) -> &'a [f32] {
+        &self.data[i * self.rs..i * self.rs + d]
+    }
+}
+
 /// Scores of rows `i0..i0+rows` against keys `0..jmax` into `s` (`[rows x jmax]`), masked
 /// entries set to -inf.
 #[allow(clippy::too_many_arguments)]
 fn scores(
     s: &mut [f32],
-    q: &[f32],
-    k: &[f32],
+    q: Rows,
+    k: Rows,
     dims: Dims,
     mask: &AttnMask,
     bi: usize,
@@ -124,7 +216,7 @@ fn scores(
     scale: f32,
 ) {
     let d = dims.d;
-    mm(rows, jmax, d, s, jmax, false, &q[i0 * d..], d, 1, k, 1, d);
+    mm(rows, jmax, d, s, jmax, false, q.from(i0), q.rs, 1, k.data, 1, k.rs);
     let valid = mask.key_valid.as_ref().map(|v| &v[bi * dims.l..(bi + 1) * dims.l]);
     for r in 0..rows {
         let vis = visible(mask, i0 + r, dims.l);
@@ -136,52 +228,59 @@ fn scores(
     }
 }
 
-/// Forward: `o [B,Hq,T,D]` and per-row log-sum-exp `lse [B,Hq,T]` (+inf for rows with no key).
+/// Forward: `o` (in `dims.layout`) and per-row log-sum-exp `lse [B,Hq,T]` (+inf for rows
+/// with no key).
 fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims, mask: &AttnMask, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let Dims { hkv, t, l, d, .. } = dims;
     let n_rep = dims.n_rep();
-    let mut o = vec![0f32; dims.b * dims.hq * t * d];
     let mut lse = vec![0f32; dims.b * dims.hq * t];
-    o.par_chunks_mut(n_rep * t * d).zip(lse.par_chunks_mut(n_rep * t)).enumerate().for_each(|(task, (o, lse))| {
-        let (bi, g) = (task / hkv, task % hkv);
-        let kv_off = (bi * hkv + g) * l * d;
-        let (kg, vg) = (&k[kv_off..kv_off + l * d], &v[kv_off..kv_off + l * d]);
-        let mut s = vec![0f32; BLOCK * l];
-        for r in 0..n_rep {
-            let h = g * n_rep + r;
-            let qh = &q[(bi * dims.hq + h) * t * d..(bi * dims.hq + h + 1) * t * d];
-            let oh = &mut o[r * t * d..(r + 1) * t * d];
-            let lh = &mut lse[r * t..(r + 1) * t];
-            for i0 in (0..t).step_by(BLOCK) {
-                let rows = BLOCK.min(t - i0);
-                let jmax = visible(mask, i0 + rows - 1, l);
-                let s = &mut s[..rows * jmax];
-                scores(s, qh, kg, dims, mask, bi, i0, rows, jmax, scale);
-                for r in 0..rows {
-                    let row = &mut s[r * jmax..(r + 1) * jmax];
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    if m == f32::NEG_INFINITY {
-                        row.fill(0.0);
-                        lh[i0 + r] = f32::INFINITY;
-                        continue;
+    // One task per (batch row, KV head); each writes its query heads into a
+    // task-ordered block, scattered into the layout afterwards.
+    let blocks: Vec<Vec<f32>> = lse
+        .par_chunks_mut(n_rep * t)
+        .enumerate()
+        .map(|(task, lse)| {
+            let (bi, g) = (task / hkv, task % hkv);
+            let (kg, vg) = (Rows::at(k, dims.kv_at(bi, g)), Rows::at(v, dims.kv_at(bi, g)));
+            let mut o = vec![0f32; n_rep * t * d];
+            let mut s = vec![0f32; BLOCK * l];
+            for r in 0..n_rep {
+                let qh = Rows::at(q, dims.q_at(bi, g * n_rep + r));
+                let oh = &mut o[r * t * d..(r + 1) * t * d];
+                let lh = &mut lse[r * t..(r + 1) * t];
+                for i0 in (0..t).step_by(BLOCK) {
+                    let rows = BLOCK.min(t - i0);
+                    let jmax = visible(mask, i0 + rows - 1, l);
+                    let s = &mut s[..rows * jmax];
+                    scores(s, qh, kg, dims, mask, bi, i0, rows, jmax, scale);
+                    for r in 0..rows {
+                        let row = &mut s[r * jmax..(r + 1) * jmax];
+                        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        if m == f32::NEG_INFINITY {
+                            row.fill(0.0);
+                            lh[i0 + r] = f32::INFINITY;
+                            continue;
+                        }
+                        let mut sum = 0f32;
+                        for x in row.iter_mut() {
+                            *x = (*x - m).exp();
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                        lh[i0 + r] = m + sum.ln();
                     }
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                    lh[i0 + r] = m + sum.ln();
+                    mm(rows, d, jmax, &mut oh[i0 * d..], d, false, s, jmax, 1, vg.data, vg.rs, 1);
                 }
-                mm(rows, d, jmax, &mut oh[i0 * d..], d, false, s, jmax, 1, vg, d, 1);
             }
-        }
-    });
-    (o, lse)
+            o
+        })
+        .collect();
+    (dims.scatter_q(&blocks), lse)
 }
 
-/// Backward: `(dq, dk, dv)` from the upstream gradient `go` and the forward's `o`, `lse`.
+/// Backward: `(dq, dk, dv)` (in `dims.layout`) from the upstream gradient `go` and the
+/// forward's `o`, `lse`.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     q: &[f32],
@@ -196,26 +295,24 @@ fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { hkv, t, l, d, .. } = dims;
     let n_rep = dims.n_rep();
-    let mut dq = vec![0f32; q.len()];
-    let mut dk = vec![0f32; k.len()];
-    let mut dv = vec![0f32; v.len()];
-    dq.par_chunks_mut(n_rep * t * d)
-        .zip(dk.par_chunks_mut(l * d).zip(dv.par_chunks_mut(l * d)))
-        .enumerate()
-        .for_each(|(task, (dq, (dk, dv)))| {
+    let tasks = dims.b * hkv;
+    type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
+    let blocks: Vec<Grads> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
             let (bi, g) = (task / hkv, task % hkv);
-            let kv_off = (bi * hkv + g) * l * d;
-            let (kg, vg) = (&k[kv_off..kv_off + l * d], &v[kv_off..kv_off + l * d]);
+            let (kg, vg) = (Rows::at(k, dims.kv_at(bi, g)), Rows::at(v, dims.kv_at(bi, g)));
+            let mut dq = vec![0f32; n_rep * t * d];
+            let mut dk = vec![0f32; l * d];
+            let mut dv = vec![0f32; l * d];
             let mut p = vec![0f32; BLOCK * l];
             let mut dp = vec![0f32; BLOCK * l];
             let mut delta = [0f32; BLOCK];
             for r in 0..n_rep {
                 let h = g * n_rep + r;
-                let base = (bi * dims.hq + h) * t;
-                let qh = &q[base * d..(base + t) * d];
-                let oh = &o[base * d..(base + t) * d];
-                let gh = &go[base * d..(base + t) * d];
-                let lh = &lse[base..base + t];
+                let at = dims.q_at(bi, h);
+                let (qh, oh, gh) = (Rows::at(q, at), Rows::at(o, at), Rows::at(go, at));
+                let lh = &lse[(bi * dims.hq + h) * t..(bi * dims.hq + h + 1) * t];
                 let dqh = &mut dq[r * t * d..(r + 1) * t * d];
                 for i0 in (0..t).step_by(BLOCK) {
                     let rows = BLOCK.min(t - i0);
@@ -225,13 +322,13 @@ fn backward(
                     for r in 0..rows {
                         let lse_r = lh[i0 + r];
                         p[r * jmax..(r + 1) * jmax].iter_mut().for_each(|x| *x = (*x - lse_r).exp());
-                        let (gr, or) = (&gh[(i0 + r) * d..(i0 + r + 1) * d], &oh[(i0 + r) * d..(i0 + r + 1) * d]);
+                        let (gr, or) = (gh.row(i0 + r, d), oh.row(i0 + r, d));
                         delta[r] = gr.iter().zip(or).map(|(a, b)| a * b).sum();
                     }
                     // dV += P^T dO
-                    mm(jmax, d, rows, dv, d, true, p, 1, jmax, &gh[i0 * d..], d, 1);
+                    mm(jmax, d, rows, &mut dv, d, true, p, 1, jmax, gh.from(i0), gh.rs, 1);
                     // dP = dO V^T
-                    mm(rows, jmax, d, dp, jmax, false, &gh[i0 * d..], d, 1, vg, 1, d);
+                    mm(rows, jmax, d, dp, jmax, false, gh.from(i0), gh.rs, 1, vg.data, 1, vg.rs);
                     // dS = P * (dP - delta) * scale, in place in dp
                     for r in 0..rows {
                         let (pr, dpr) = (&p[r * jmax..(r + 1) * jmax], &mut dp[r * jmax..(r + 1) * jmax]);
@@ -240,30 +337,48 @@ fn backward(
                         }
                     }
                     // dQ = dS K ; dK += dS^T Q
-                    mm(rows, d, jmax, &mut dqh[i0 * d..], d, false, dp, jmax, 1, kg, d, 1);
-                    mm(jmax, d, rows, dk, d, true, dp, 1, jmax, &qh[i0 * d..], d, 1);
+                    mm(rows, d, jmax, &mut dqh[i0 * d..], d, false, dp, jmax, 1, kg.data, kg.rs, 1);
+                    mm(jmax, d, rows, &mut dk, d, true, dp, 1, jmax, qh.from(i0), qh.rs, 1);
                 }
             }
-        });
-    (dq, dk, dv)
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dqs = Vec::with_capacity(tasks);
+    let mut dks = Vec::with_capacity(tasks);
+    let mut dvs = Vec::with_capacity(tasks);
+    for (dq, dk, dv) in blocks {
+        dqs.push(dq);
+        dks.push(dk);
+        dvs.push(dv);
+    }
+    (dims.scatter_q(&dqs), dims.scatter_kv(&dks), dims.scatter_kv(&dvs))
 }
 
-fn dims_of(q: &Layout, k: &Layout, v: &Layout) -> candle_core::Result<Dims> {
-    let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
-    let ([b, hq, t, d], [kb, hkv, l, kd_], true) = (
+/// Dims from 4-d shapes `s` read in `layout` (`[B,H,T,D]` or `[B,T,H,D]`).
+fn dims_from(qd: &[usize], kd: &[usize], vd: &[usize], layout: AttnLayout) -> candle_core::Result<Dims> {
+    let ([b, q1, q2, d], [kb, k1, k2, kd_], true) = (
         <[usize; 4]>::try_from(qd).unwrap_or_default(),
         <[usize; 4]>::try_from(kd).unwrap_or_default(),
         kd == vd,
     ) else {
-        bail!("fused attention: q [B,Hq,T,D], k and v [B,Hkv,L,D] of equal shape expected, got {qd:?} {kd:?} {vd:?}");
+        bail!("fused attention: 4-d q, and k and v of equal shape expected, got {qd:?} {kd:?} {vd:?}");
+    };
+    let (hq, t, hkv, l) = match layout {
+        AttnLayout::Bhtd => (q1, q2, k1, k2),
+        AttnLayout::Bthd => (q2, q1, k2, k1),
     };
     if kb != b || kd_ != d || hkv == 0 || hq % hkv != 0 {
-        bail!("fused attention: incompatible shapes q {qd:?}, k {kd:?}");
+        bail!("fused attention: incompatible shapes q {qd:?}, k {kd:?} ({layout:?})");
     }
+    Ok(Dims { b, hq, hkv, t, l, d, layout })
+}
+
+fn dims_of(q: &Layout, k: &Layout, v: &Layout, layout: AttnLayout) -> candle_core::Result<Dims> {
     if !(q.is_contiguous() && k.is_contiguous() && v.is_contiguous()) {
         bail!("fused attention: inputs must be contiguous");
     }
-    Ok(Dims { b, hq, hkv, t, l, d })
+    dims_from(q.dims(), k.dims(), v.dims(), layout)
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -276,6 +391,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
 /// The op: forward computes `o` (and stashes `lse`); backward uses `o` (its result).
 struct FusedAttention {
     mask: AttnMask,
+    layout: AttnLayout,
     scale: f32,
     lse: std::sync::Mutex<Option<Vec<f32>>>,
 }
@@ -294,7 +410,7 @@ impl CustomOp3 for FusedAttention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = dims_of(ql, kl, vl)?;
+        let dims = dims_of(ql, kl, vl, self.layout)?;
         if let Some(kv) = &self.mask.key_valid {
             if kv.len() != dims.b * dims.l {
                 bail!("fused attention: key mask has {} entries, expected {}", kv.len(), dims.b * dims.l);
@@ -321,18 +437,69 @@ impl CustomOp3 for FusedAttention {
             .ok()
             .and_then(|g| g.clone())
             .ok_or_else(|| candle_core::Error::Msg("fused attention: backward before forward".into()))?;
-        let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.detach().flatten_all()?.to_vec1::<f32>() };
-        let (qv, kv, vv, ov, gv) = (flat(q)?, flat(k)?, flat(v)?, flat(res)?, flat(&grad.contiguous()?)?);
-        let (qd, kd) = (q.dims(), k.dims());
-        let dims = Dims { b: qd[0], hq: qd[1], hkv: kd[1], t: qd[2], l: kd[2], d: qd[3] };
-        let (dq, dk, dv) = backward(&qv, &kv, &vv, &ov, &lse, &gv, dims, &self.mask, self.scale);
-        let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
-        ))
+        let (dq, dk, dv) = backward_tensors(q, k, v, res, grad, &lse, &self.mask, self.scale, self.layout)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+fn flat_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.detach().flatten_all()?.to_vec1::<f32>()
+}
+
+/// The forward outside autograd: `(o, lse)` for callers that keep `lse` themselves.
+pub(crate) fn forward_tensors(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f32,
+    layout: AttnLayout,
+) -> candle_core::Result<(Tensor, Vec<f32>)> {
+    let dims = dims_from(q.dims(), k.dims(), v.dims(), layout)?;
+    if let Some(kv) = &mask.key_valid {
+        if kv.len() != dims.b * dims.l {
+            bail!("fused attention: key mask has {} entries, expected {}", kv.len(), dims.b * dims.l);
+        }
+    }
+    let (o, lse) = forward(&flat_f32(q)?, &flat_f32(k)?, &flat_f32(v)?, dims, mask, scale);
+    Ok((Tensor::from_vec(o, q.shape(), q.device())?, lse))
+}
+
+/// The backward outside autograd: `(dq, dk, dv)` from the forward's output `o`, its `lse`
+/// and the output gradient `go`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_tensors(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    go: &Tensor,
+    lse: &[f32],
+    mask: &AttnMask,
+    scale: f32,
+    layout: AttnLayout,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let dims = dims_from(q.dims(), k.dims(), v.dims(), layout)?;
+    if lse.len() != dims.b * dims.hq * dims.t || o.dims() != q.dims() || go.dims() != q.dims() {
+        bail!("fused attention backward: inconsistent shapes");
+    }
+    let (dq, dk, dv) = backward(
+        &flat_f32(q)?,
+        &flat_f32(k)?,
+        &flat_f32(v)?,
+        &flat_f32(o)?,
+        lse,
+        &flat_f32(&go.contiguous()?)?,
+        dims,
+        mask,
+        scale,
+    );
+    let dev = q.device();
+    Ok((
+        Tensor::from_vec(dq, q.shape(), dev)?,
+        Tensor::from_vec(dk, k.shape(), dev)?,
+        Tensor::from_vec(dv, v.shape(), dev)?,
+    ))
 }
 
 /// Whether [`fused_attention`] can run on these inputs (CPU, f32).
@@ -342,11 +509,18 @@ pub fn supported(q: &Tensor) -> bool {
 
 /// `softmax(q k^T * scale + causal/padding mask) v` for `q: [B,Hq,T,D]`, `k, v: [B,Hkv,L,D]`
 /// (`Hq` a multiple of `Hkv`; no repeated heads needed), CPU f32. Differentiable w.r.t. q,
-/// k and v.
-pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask, scale: f64) -> candle_core::Result<Tensor> {
+/// k and v. With [`AttnLayout::Bthd`] every tensor (and the output) is `[B, T, H, D]`.
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask,
+    scale: f64,
+    layout: AttnLayout,
+) -> candle_core::Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     // Recorded on the tape only when an input is (apply_op3 checks track_op).
-    q.apply_op3(&k, &v, FusedAttention { mask, scale: scale as f32, lse: Default::default() })
+    q.apply_op3(&k, &v, FusedAttention { mask, layout, scale: scale as f32, lse: Default::default() })
 }
 
 #[cfg(test)]
@@ -394,14 +568,23 @@ mod tests {
             let key_valid = pad.then(|| (0..b * l).map(|i| u8::from(!(i >= l && i % l >= l - 7))).collect::<Vec<u8>>());
             let mask = AttnMask { offset, key_valid };
             let w = Tensor::randn(0f32, 1.0, (b, hq, t, d), &dev).unwrap();
-            let ours = fused_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), mask.clone(), 0.25).unwrap();
             let theirs = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, 0.25);
-            assert!(max_diff(&ours, &theirs) < 1e-5, "forward t={t}: {}", max_diff(&ours, &theirs));
-            let ga = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = theirs.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                let (a, b) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-                assert!(max_diff(a, b) < 1e-4, "d{name} t={t}: {}", max_diff(a, b));
+            for layout in [AttnLayout::Bhtd, AttnLayout::Bthd] {
+                // The [B,T,H,D] run gets transposed views of the same Vars, so the
+                // gradients land on the same tensors.
+                let tr = |x: &Tensor| match layout {
+                    AttnLayout::Bhtd => x.clone(),
+                    AttnLayout::Bthd => x.transpose(1, 2).unwrap().contiguous().unwrap(),
+                };
+                let ours = fused_attention(&tr(q.as_tensor()), &tr(k.as_tensor()), &tr(v.as_tensor()), mask.clone(), 0.25, layout).unwrap();
+                let ours = tr(&ours);
+                assert!(max_diff(&ours, &theirs) < 1e-5, "forward t={t} {layout:?}: {}", max_diff(&ours, &theirs));
+                let ga = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                    let (a, b) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+                    assert!(max_diff(a, b) < 1e-4, "d{name} t={t} {layout:?}: {}", max_diff(a, b));
+                }
             }
         }
     }

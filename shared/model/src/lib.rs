@@ -8,6 +8,7 @@
 
 pub mod attn;
 pub mod batch;
+mod blocks;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod quantized;
+mod recompute;
 pub mod tiny;
 
 pub use config::{Arch, ModelConfig};

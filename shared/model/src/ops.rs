@@ -166,6 +166,9 @@ fn logprobs_chunked(
     chunk: usize,
     jacobian: bool,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    if let Some(r) = logprobs_chunked_cpu(h, w, targets, chunk, jacobian)? {
+        return Ok(r);
+    }
     let n = h.dim(0)?;
     let mut outs = Vec::new();
     let mut jacs = Vec::new();
@@ -195,6 +198,87 @@ fn logprobs_chunked(
     }
     let j = if jacobian { Some(Tensor::cat(&jacs, 0)?) } else { None };
     Ok((Tensor::cat(&outs, 0)?, j))
+}
+
+/// CPU f32 version of [`logprobs_chunked`] with one reusable `[chunk, V]` buffer: logits
+/// are written by gemm, then max, exp, sum and (for the Jacobian) the softmax run in place.
+/// Candle ops would allocate a fresh `[chunk, V]` tensor per step (three alive at the peak,
+/// about 450 MiB at chunk 256 and Qwen3's 151936-token vocabulary), on top of the whole
+/// tape. `None` when the inputs are not CPU f32.
+fn logprobs_chunked_cpu(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    chunk: usize,
+    jacobian: bool,
+) -> candle_core::Result<Option<(Tensor, Option<Tensor>)>> {
+    use rayon::prelude::*;
+    if !(h.device().is_cpu() && h.dtype() == DType::F32 && w.dtype() == DType::F32) {
+        return Ok(None);
+    }
+    let (n, hd) = h.dims2()?;
+    let (v, whd) = w.dims2()?;
+    if whd != hd {
+        bail!("token_logprobs: hidden {hd} but lm_head {:?}", w.dims());
+    }
+    let tg: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
+    if tg.len() != n {
+        bail!("token_logprobs: {n} rows but {} targets", tg.len());
+    }
+    if let Some(bad) = tg.iter().find(|&&t| t as usize >= v) {
+        bail!("token_logprobs: target {bad} outside the vocabulary of {v}");
+    }
+    let hv: Vec<f32> = h.flatten_all()?.to_vec1()?;
+    let wc = w.contiguous()?;
+    let (ws, wl) = wc.storage_and_layout();
+    let wv: &[f32] = match &*ws {
+        Storage::Cpu(CpuStorage::F32(d)) => &d[wl.start_offset()..wl.start_offset() + v * hd],
+        _ => return Ok(None),
+    };
+    let chunk = chunk.max(1).min(n.max(1));
+    let mut out = vec![0f32; n];
+    let mut jac = if jacobian { vec![0f32; n * hd] } else { Vec::new() };
+    let mut buf = vec![0f32; chunk * v];
+    let threads = gemm::Parallelism::Rayon(0);
+    for s0 in (0..n).step_by(chunk) {
+        let len = chunk.min(n - s0);
+        let lg = &mut buf[..len * v];
+        // logits[len x V] = h[s0..s0+len] @ W^T
+        crate::attn::gemm_f32(len, v, hd, lg, v, false, &hv[s0 * hd..], hd, 1, wv, 1, hd, threads);
+        lg.par_chunks_mut(v)
+            .zip(out[s0..s0 + len].par_iter_mut())
+            .zip(tg[s0..s0 + len].par_iter())
+            .for_each(|((row, o), &t)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let target = row[t as usize];
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                *o = target - (m + sum.ln());
+                if jacobian {
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            });
+        if jacobian {
+            // J[len x H] = W[t] - p @ W
+            let jc = &mut jac[s0 * hd..(s0 + len) * hd];
+            crate::attn::gemm_f32(len, hd, v, jc, hd, false, lg, v, 1, wv, hd, 1, threads);
+            for (r, &t) in tg[s0..s0 + len].iter().enumerate() {
+                let wr = &wv[t as usize * hd..(t as usize + 1) * hd];
+                for (x, &wt) in jc[r * hd..(r + 1) * hd].iter_mut().zip(wr) {
+                    *x = wt - *x;
+                }
+            }
+        }
+    }
+    drop(ws);
+    let dev = h.device();
+    let y = Tensor::from_vec(out, n, dev)?;
+    let j = if jacobian { Some(Tensor::from_vec(jac, (n, hd), dev)?) } else { None };
+    Ok(Some((y, j)))
 }
 
 /// Custom op attaching the chunked log-prob computation to the graph. Row `i`'s log-prob
@@ -288,13 +372,13 @@ pub fn token_logprobs_trainable(
 /// Holds a forward value computed outside the graph; the custom op's forward just
 /// hands it over. This lets a custom op reuse candle's tensor kernels for its forward
 /// while recording only the inputs the backward needs.
-struct Precomputed(Mutex<Option<Tensor>>);
+pub(crate) struct Precomputed(Mutex<Option<Tensor>>);
 
 impl Precomputed {
-    fn new(t: Tensor) -> candle_core::Result<Self> {
+    pub(crate) fn new(t: Tensor) -> candle_core::Result<Self> {
         Ok(Precomputed(Mutex::new(Some(t.contiguous()?))))
     }
-    fn cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+    pub(crate) fn cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
         let y = take_result(&self.0)?;
         let (st, l) = y.storage_and_layout();
         match &*st {
@@ -304,7 +388,7 @@ impl Precomputed {
             _ => bail!("precomputed op: unexpected storage"),
         }
     }
-    fn cuda(&self) -> candle_core::Result<(CudaStorage, Shape)> {
+    pub(crate) fn cuda(&self) -> candle_core::Result<(CudaStorage, Shape)> {
         let y = take_result(&self.0)?;
         let (st, l) = y.storage_and_layout();
         match &*st {
@@ -416,7 +500,7 @@ pub fn attention(
         &k,
         &v,
         AttentionOp {
-            mask: mask.map(Tensor::detach),
+            mask: mask.cloned(),
             scale,
             result: Precomputed::new(o)?,
         },
@@ -489,15 +573,76 @@ impl CustomOp1 for RmsNormOp {
         self.result.cuda()
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x, g) = (x.detach(), grad.detach());
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let gw = g.broadcast_mul(&self.w)?;
-        let m = gw.mul(&x)?.mean_keepdim(D::Minus1)?;
-        let r3m = r.powf(3.0)?.mul(&m)?;
-        Ok(Some(gw.broadcast_mul(&r)?.sub(&x.broadcast_mul(&r3m)?)?))
+        Ok(Some(rms_norm_bwd(x, grad, &self.w, self.eps)?))
     }
+}
+
+/// Input gradient of RMSNorm with a frozen weight `w` (see [`RmsNormOp`]).
+pub(crate) fn rms_norm_bwd(x: &Tensor, grad: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let (x, g) = (x.detach(), grad.detach());
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let gw = g.broadcast_mul(w)?;
+    let m = gw.mul(&x)?.mean_keepdim(D::Minus1)?;
+    let r3m = r.powf(3.0)?.mul(&m)?;
+    gw.broadcast_mul(&r)?.sub(&x.broadcast_mul(&r3m)?)
+}
+
+/// Per-head RMSNorm (optional, Qwen3's q/k norm) then RoPE, on `[B, T, H, D]`: one autograd
+/// node that keeps only its input. The normalised tensor is recomputed in the backward, and
+/// the layout is the projection's own, so no transposed copy exists at all.
+struct NormRopeOp {
+    w: Option<Tensor>,
+    eps: f64,
+    cos: Tensor,
+    neg_sin: Tensor,
+    result: Precomputed,
+}
+
+impl CustomOp1 for NormRopeOp {
+    fn name(&self) -> &'static str {
+        "norm-rope-thd"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.result.cpu()
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.result.cuda()
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // RoPE is a rotation: its transpose is the same kernel with -sin.
+        let g = candle_nn::rotary_emb::rope_thd(&grad.detach().contiguous()?, &self.cos, &self.neg_sin)?;
+        Ok(Some(match &self.w {
+            Some(w) => rms_norm_bwd(x, &g, w, self.eps)?,
+            None => g,
+        }))
+    }
+}
+
+/// `rope(rms_norm(x, w))` (or `rope(x)` without `w`) for `x: [B, T, H, D]` and per-row
+/// tables `cos, sin: [B, T, D/2]`, differentiable w.r.t. `x` (see [`NormRopeOp`]).
+pub fn norm_rope_thd(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let x = x.contiguous()?;
+    let normed = match w {
+        Some(w) => rms_norm_fused(&x.detach(), w, eps)?,
+        None => x.detach(),
+    };
+    let y = candle_nn::rotary_emb::rope_thd(&normed, cos, sin)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    x.apply_op1(NormRopeOp {
+        w: w.map(Tensor::detach),
+        eps,
+        cos: cos.clone(),
+        neg_sin: sin.neg()?,
+        result: Precomputed::new(y)?,
+    })
 }
 
 /// RMSNorm with a frozen weight for the training path (see [`RmsNormOp`]).
@@ -514,6 +659,52 @@ pub fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<T
     })
 }
 
+/// An inverted-dropout mask stored as bits: element `i` is `scale` (kept) or `0`.
+///
+/// Why bits: the backward needs the mask again, and an f32 mask shaped like the input is as
+/// big as the input itself; with LoRA on all seven projections that was about 1.2 GB of the
+/// Qwen3-0.6B step's tape (seq 512, batch 2). Here it is 1 bit per element.
+#[derive(Debug, Clone)]
+pub struct DropMask {
+    bits: std::sync::Arc<Vec<u64>>,
+    shape: Shape,
+    scale: f64,
+}
+
+impl DropMask {
+    /// Keeps each element with probability `1 - p` (one `f64` draw per element, in order,
+    /// so a seeded run is reproducible); kept elements are scaled by `1 / (1 - p)`.
+    pub fn sample(shape: &Shape, p: f64, rng: &mut rand_chacha::ChaCha8Rng) -> Self {
+        use rand::Rng;
+        let keep = 1.0 - p;
+        Self::from_keep(shape, 1.0 / keep, (0..shape.elem_count()).map(|_| rng.random::<f64>() < keep))
+    }
+
+    /// A mask from explicit keep flags (row-major over `shape`).
+    pub fn from_keep(shape: &Shape, scale: f64, keep: impl IntoIterator<Item = bool>) -> Self {
+        let mut bits = vec![0u64; shape.elem_count().div_ceil(64)];
+        for (i, k) in keep.into_iter().take(shape.elem_count()).enumerate() {
+            if k {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        DropMask { bits: std::sync::Arc::new(bits), shape: shape.clone(), scale }
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The mask as a tensor of `0` / `scale` values.
+    pub fn to_tensor(&self, device: &candle_core::Device, dtype: DType) -> candle_core::Result<Tensor> {
+        let scale = self.scale as f32;
+        let v: Vec<f32> = (0..self.shape.elem_count())
+            .map(|i| if self.bits[i / 64] >> (i % 64) & 1 == 1 { scale } else { 0.0 })
+            .collect();
+        Tensor::from_vec(v, self.shape.clone(), device)?.to_dtype(dtype)
+    }
+}
+
 /// A frozen linear layer plus its LoRA branch as one autograd node:
 /// `y = x W^T + bias + scale * ((x * mask) A^T) B^T`. The tape keeps only `x`, `A`,
 /// `B` (and the dropout mask); the rank-r intermediate is recomputed in the backward.
@@ -521,7 +712,7 @@ pub fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<T
 /// adapted projection from the tape and never computes a gradient for `W`.
 struct LoraLinearOp {
     w: Tensor,
-    mask: Option<Tensor>,
+    mask: Option<DropMask>,
     scale: f64,
     result: Precomputed,
 }
@@ -560,31 +751,46 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (a, b) = (a.detach(), b.detach());
-        let k = x.dim(D::Minus1)?;
-        let n = grad.dim(D::Minus1)?;
-        let m = x.elem_count() / k.max(1);
-        let x2 = x.detach().reshape((m, k))?;
-        let g2 = grad.detach().reshape((m, n))?;
-        let mask2 = match &self.mask {
-            Some(mk) => Some(mk.reshape((m, k))?),
-            None => None,
-        };
-        let xd = match &mask2 {
-            Some(mk) => x2.mul(mk)?,
-            None => x2,
-        };
-        let xa = xd.matmul(&a.t()?)?; // [m, r]
-        let gb = g2.matmul(&b)?; // [m, r]
-        let db = g2.t()?.matmul(&xa)?.affine(self.scale, 0.0)?;
-        let da = gb.t()?.matmul(&xd)?.affine(self.scale, 0.0)?;
-        let mut dxd = gb.matmul(&a)?.affine(self.scale, 0.0)?;
-        if let Some(mk) = &mask2 {
-            dxd = dxd.mul(mk)?;
-        }
-        let dx = g2.matmul(&self.w)?.add(&dxd)?;
-        Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
+        let (dx, da, db) = lora_backward(x, &self.w, a, b, self.scale, self.mask.as_ref(), grad)?;
+        Ok((Some(dx), Some(da), Some(db)))
     }
+}
+
+/// Gradients of `y = x W^T + scale * ((x * mask) A^T) B^T` given `grad = dL/dy`:
+/// `(dx, dA, dB)`, with `dx` shaped like `x`. The rank-r intermediate is recomputed.
+pub(crate) fn lora_backward(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    mask: Option<&DropMask>,
+    grad: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (a, b) = (a.detach(), b.detach());
+    let k = x.dim(D::Minus1)?;
+    let n = grad.dim(D::Minus1)?;
+    let m = x.elem_count() / k.max(1);
+    let x2 = x.detach().contiguous()?.reshape((m, k))?;
+    let g2 = grad.detach().contiguous()?.reshape((m, n))?;
+    let mask2 = match mask {
+        Some(mk) => Some(mk.to_tensor(x.device(), x.dtype())?.reshape((m, k))?),
+        None => None,
+    };
+    let xd = match &mask2 {
+        Some(mk) => x2.mul(mk)?,
+        None => x2,
+    };
+    let xa = xd.matmul(&a.t()?)?; // [m, r]
+    let gb = g2.matmul(&b)?; // [m, r]
+    let db = g2.t()?.matmul(&xa)?.affine(scale, 0.0)?;
+    let da = gb.t()?.matmul(&xd)?.affine(scale, 0.0)?;
+    let mut dxd = gb.matmul(&a)?.affine(scale, 0.0)?;
+    if let Some(mk) = &mask2 {
+        dxd = dxd.mul(mk)?;
+    }
+    let dx = g2.matmul(w)?.add(&dxd)?;
+    Ok((dx.reshape(x.shape())?, da, db))
 }
 
 /// `x W^T + bias + scale * ((x * mask) A^T) B^T` for frozen `W: [out, in]` and LoRA
@@ -597,12 +803,17 @@ pub fn lora_linear(
     a: &Tensor,
     b: &Tensor,
     scale: f64,
-    mask: Option<&Tensor>,
+    mask: Option<&DropMask>,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     let xd = x.detach();
+    if let Some(mk) = mask {
+        if mk.shape() != x.shape() {
+            bail!("lora_linear: dropout mask {:?} for input {:?}", mk.shape(), x.shape());
+        }
+    }
     let xin = match mask {
-        Some(mk) => xd.mul(mk)?,
+        Some(mk) => xd.mul(&mk.to_tensor(x.device(), x.dtype())?)?,
         None => xd.clone(),
     };
     let mut y = plain_linear(&xd, w)?;
@@ -619,7 +830,7 @@ pub fn lora_linear(
         b,
         LoraLinearOp {
             w: w.clone(),
-            mask: mask.map(Tensor::detach),
+            mask: mask.cloned(),
             scale,
             result: Precomputed::new(y)?,
         },
@@ -671,24 +882,30 @@ impl candle_core::CustomOp2 for SwiGlu {
     }
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (Some(gv), Some(uv), Some(dv)) = (cpu_f32(g), cpu_f32(u), cpu_f32(&grad.contiguous()?)) else {
-            bail!("swiglu: backward needs contiguous f32 CPU tensors");
-        };
-        let mut dg = vec![0f32; gv.len()];
-        let mut du = vec![0f32; gv.len()];
-        use rayon::prelude::*;
-        dg.par_chunks_mut(16384)
-            .zip(du.par_chunks_mut(16384))
-            .zip(gv.par_chunks(16384).zip(uv.par_chunks(16384)).zip(dv.par_chunks(16384)))
-            .for_each(|((dg, du), ((g, u), d))| {
-                for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    du[i] = d[i] * g[i] * s;
-                    dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                }
-            });
-        Ok((Some(Tensor::from_vec(dg, g.shape(), g.device())?), Some(Tensor::from_vec(du, u.shape(), u.device())?)))
+        let (dg, du) = swiglu_backward(g, u, grad)?;
+        Ok((Some(dg), Some(du)))
     }
+}
+
+/// `(d gate, d up)` of `silu(gate) * up` given its output gradient (CPU f32, contiguous).
+pub(crate) fn swiglu_backward(g: &Tensor, u: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let (Some(gv), Some(uv), Some(dv)) = (cpu_f32(g), cpu_f32(u), cpu_f32(&grad.contiguous()?)) else {
+        bail!("swiglu: backward needs contiguous f32 CPU tensors");
+    };
+    let mut dg = vec![0f32; gv.len()];
+    let mut du = vec![0f32; gv.len()];
+    use rayon::prelude::*;
+    dg.par_chunks_mut(16384)
+        .zip(du.par_chunks_mut(16384))
+        .zip(gv.par_chunks(16384).zip(uv.par_chunks(16384)).zip(dv.par_chunks(16384)))
+        .for_each(|((dg, du), ((g, u), d))| {
+            for i in 0..g.len() {
+                let s = sigmoid(g[i]);
+                du[i] = d[i] * g[i] * s;
+                dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+    Ok((Tensor::from_vec(dg, g.shape(), g.device())?, Tensor::from_vec(du, u.shape(), u.device())?))
 }
 
 /// `silu(gate) * up` (the Qwen3 MLP activation): one fused CPU f32 op with a one-pass
@@ -807,15 +1024,16 @@ mod tests {
             Var::from_tensor(&rand(&[3, 8], 10)).unwrap(),
             Var::from_tensor(&rand(&[6, 3], 11)).unwrap(),
         );
-        let (w3, bias, dmask) = (
-            rand(&[6, 8], 12),
-            rand(&[6], 13),
-            rand(&[2, 3, 5, 8], 14)
-                .ge(0.0)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap(),
-        );
+        let keep: Vec<bool> = rand(&[2, 3, 5, 8], 14)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .map(|v| *v >= 0.0)
+            .collect();
+        let bits = DropMask::from_keep(&Shape::from((2, 3, 5, 8)), 1.25, keep);
+        let (w3, bias, dmask) = (rand(&[6, 8], 12), rand(&[6], 13), bits.to_tensor(&Device::Cpu, DType::F64).unwrap());
         let reference = |x: &Tensor, a: &Tensor, bm: &Tensor| {
             let base = x
                 .broadcast_matmul(&w3.t().unwrap())
@@ -832,7 +1050,7 @@ mod tests {
             base.add(&l.affine(1.7, 0.0).unwrap()).unwrap()
         };
         let ours = |x: &Tensor, a: &Tensor, bm: &Tensor| {
-            lora_linear(x, &w3, Some(&bias), a, bm, 1.7, Some(&dmask)).unwrap()
+            lora_linear(x, &w3, Some(&bias), a, bm, 1.7, Some(&bits)).unwrap()
         };
         check(
             &x,

@@ -71,6 +71,10 @@ struct Args {
     tiny: bool,
     /// Full fine-tuning (every weight trainable) instead of LoRA.
     full: bool,
+    /// Decoder layers recomputed in the backward (gradient checkpointing, LoRA only).
+    recompute: usize,
+    /// Print the autograd tape's tensors (after the first forward) grouped by shape.
+    census: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -83,6 +87,8 @@ fn parse_args() -> Result<Args, String> {
         decode: 0,
         tiny: false,
         full: false,
+        census: false,
+        recompute: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +97,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--full" {
             a.full = true;
+            continue;
+        }
+        if flag == "--census" {
+            a.census = true;
             continue;
         }
         if flag == "--tiny" {
@@ -110,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
             "--layers" => a.layers = val,
             "--rank" => a.rank = val,
             "--decode" => a.decode = val,
+            "--recompute" => a.recompute = val,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -117,6 +128,33 @@ fn parse_args() -> Result<Args, String> {
         return Err("sizes must be positive (seq >= 2)".into());
     }
     Ok(a)
+}
+
+/// Bytes held by the tape: every tracked node's storage, counted once, grouped by shape.
+/// This is what a training step keeps alive from its forward until its backward ends.
+fn tape_census(loss: &candle_core::Tensor) {
+    use std::collections::{BTreeMap, HashSet};
+    let mut seen = HashSet::new();
+    let mut by_shape: BTreeMap<Vec<usize>, (usize, usize)> = BTreeMap::new();
+    let mut total = 0usize;
+    for node in loss.sorted_nodes() {
+        let (st, _) = node.storage_and_layout();
+        let key = &*st as *const candle_core::Storage as usize;
+        if !seen.insert(key) {
+            continue;
+        }
+        let bytes = node.elem_count() * node.dtype().size_in_bytes();
+        total += bytes;
+        let e = by_shape.entry(node.dims().to_vec()).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    let mut rows: Vec<_> = by_shape.into_iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
+    eprintln!("tape: {:.0} MiB in {} storages", total as f64 / 1048576.0, seen.len());
+    for (shape, (n, bytes)) in rows.iter().take(20) {
+        eprintln!("  {shape:?} x{n}: {:.0} MiB", *bytes as f64 / 1048576.0);
+    }
 }
 
 fn main() {
@@ -128,7 +166,7 @@ fn main() {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "usage: bench-sft-step [--tiny] [--full] [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
+                "usage: bench-sft-step [--tiny] [--full] [--census] [--recompute 0] [--seq 512] [--batch 2] [--steps 3] [--layers 28] [--rank 32] [--decode 0]"
             );
             std::process::exit(2);
         }
@@ -152,6 +190,7 @@ fn run(a: &Args) -> fc_model::Result<()> {
     let t0 = Instant::now();
     let mut model = Model::random(cfg, 0, &dev, DType::F32)?;
     let full_vars: Vec<fc_model::Var> = if a.full { model.make_trainable()?.into_iter().map(|(_, v)| v).collect() } else { Vec::new() };
+    model.set_recompute_layers(a.recompute);
     let model = model;
     let ad = LoraAdapter::new(
         &model,
@@ -194,6 +233,10 @@ fn run(a: &Args) -> fc_model::Result<()> {
         let lp = model.train_logprobs(&batch, adapter, None, 256)?;
         let loss = lp.mean_all()?.neg()?;
         let tf = t.elapsed().as_secs_f64();
+        let rss_fwd = status_mib("VmRSS:");
+        if a.census && step == 0 {
+            tape_census(&loss);
+        }
         let grads = loss.backward()?;
         let tb = t.elapsed().as_secs_f64() - tf;
         opt.step(&grads)?;
@@ -201,7 +244,7 @@ fn run(a: &Args) -> fc_model::Result<()> {
         let dt = t.elapsed().as_secs_f64();
         times.push(dt);
         eprintln!(
-            "step {step}: loss {:.4} fwd {tf:.2}s bwd {tb:.2}s total {dt:.2}s, VmHWM {:.0} MiB",
+            "step {step}: loss {:.4} fwd {tf:.2}s bwd {tb:.2}s total {dt:.2}s, RSS after forward {rss_fwd:.0} MiB, VmHWM {:.0} MiB",
             loss.to_scalar::<f32>()?,
             status_mib("VmHWM:")
         );
@@ -218,7 +261,11 @@ fn run(a: &Args) -> fc_model::Result<()> {
     println!(
         "| fc-model (candle) | {ALLOCATOR} | {} | {} | {} | {} | {} | {} | {} | {mean:.2} | {:.1} | {:.2} | {peak:.0} | {rss_init:.0} |",
         if a.tiny { "tiny" } else { "qwen3-0.6b" },
-        if a.full { "full".to_string() } else { format!("lora r{}", a.rank) },
+        match (a.full, a.recompute) {
+            (true, _) => "full".to_string(),
+            (false, 0) => format!("lora r{}", a.rank),
+            (false, n) => format!("lora r{}, {n} layers recomputed", a.rank),
+        },
         a.layers,
         a.seq,
         a.batch,
