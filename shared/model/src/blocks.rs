@@ -1,5 +1,5 @@
-//! Fused training blocks: a decoder layer's MLP half as one autograd node with a
-//! hand-written backward (CPU f32, LoRA training over a frozen base).
+//! Fused training blocks: each half of a decoder layer as one autograd node with a
+//! hand-written backward (CPU f32; LoRA over a frozen base, or a full fine-tune).
 //!
 //! Why: composed from per-op nodes, the MLP half keeps five tensors per layer on the tape
 //! (the normalised input, gate, up, the SwiGLU output and the down projection's output,
@@ -9,8 +9,10 @@
 //! residual stream holds anyway), gate and up, and the adapter's dropout masks as bits:
 //! 24 MiB per layer, and no matmul is repeated.
 //!
-//! LoRA weights enter as one packed tensor (`cat` of the flattened A and B of each adapted
-//! projection), so candle's autograd routes their gradients back to the adapter's `Var`s.
+//! The trainable tensors of the half (LoRA A and B, or for a full fine-tune the weights and
+//! norm weights) enter as one packed tensor (`cat` of their flattened values), so candle's
+//! autograd routes their gradients back to their `Var`s; the node keeps their values
+//! detached for its own arithmetic.
 
 use crate::error::Result;
 use crate::lora::{LoraAdapter, LoraPair};
@@ -18,52 +20,89 @@ use crate::model::{Ctx, Model, Proj};
 use crate::ops::{lora_backward, lora_linear, norm_rope_thd, rms_norm_bwd, rms_norm_fused, swiglu, swiglu_backward, DropMask, Precomputed};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
-/// A projection inside a fused block: frozen weight, optional LoRA slot in the packed tensor.
+/// The trainable tensors of a block, in packing order.
+#[derive(Default)]
+struct Segs {
+    flat: Vec<Tensor>,
+    shapes: Vec<Shape>,
+}
+
+impl Segs {
+    /// Adds `t` if it is a `Var` (or any tracked tensor); returns its segment index.
+    fn add_if_trainable(&mut self, t: &Tensor) -> Result<Option<usize>> {
+        if !t.is_variable() {
+            return Ok(None);
+        }
+        self.flat.push(t.flatten_all()?);
+        self.shapes.push(t.shape().clone());
+        Ok(Some(self.shapes.len() - 1))
+    }
+
+    /// The packed input of the node; `None` when nothing in the block is trainable.
+    fn packed(&self) -> Result<Option<Tensor>> {
+        if self.flat.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::cat(&self.flat, 0)?))
+    }
+}
+
+/// Gradients per segment (zeros where a segment got none) as one packed tensor.
+fn assemble(shapes: &[Shape], grads: Vec<Option<Tensor>>, like: &Tensor) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(shapes.len());
+    for (shape, g) in shapes.iter().zip(grads) {
+        parts.push(match g {
+            Some(g) => g.flatten_all()?,
+            None => Tensor::zeros(shape.elem_count(), like.dtype(), like.device())?,
+        });
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// A projection inside a fused block: detached weights, and where its trainable tensors
+/// sit in the packed input.
 struct BlockProj {
     w: Tensor,
+    w_seg: Option<usize>,
     bias: Option<Tensor>,
-    /// `(offset in packed, A shape, B shape)`
-    lora: Option<(usize, Shape, Shape)>,
+    bias_seg: Option<usize>,
+    /// LoRA `(A, B)` values and their segments.
+    lora: Option<(Tensor, Tensor, usize, usize)>,
     mask: Option<DropMask>,
 }
 
 impl BlockProj {
-    fn lora_ab(&self, packed: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-        let Some((off, sa, sb)) = &self.lora else {
-            return Ok(None);
+    fn new(lin: &crate::model::Linear, pair: Option<&LoraPair>, segs: &mut Segs) -> Result<Self> {
+        let lora = match pair {
+            Some(p) => {
+                let (Some(sa), Some(sb)) = (segs.add_if_trainable(p.a.as_tensor())?, segs.add_if_trainable(p.b.as_tensor())?) else {
+                    return Err(crate::error::ModelError::Input("LoRA weights must be Vars".into()));
+                };
+                Some((p.a.as_tensor().detach(), p.b.as_tensor().detach(), sa, sb))
+            }
+            None => None,
         };
-        let (na, nb) = (sa.elem_count(), sb.elem_count());
-        let a = packed.narrow(0, *off, na)?.reshape(sa.clone())?;
-        let b = packed.narrow(0, off + na, nb)?.reshape(sb.clone())?;
-        Ok(Some((a, b)))
+        Ok(BlockProj {
+            w: lin.weight.detach(),
+            w_seg: segs.add_if_trainable(&lin.weight)?,
+            bias: lin.bias.as_ref().map(Tensor::detach),
+            bias_seg: match &lin.bias {
+                Some(b) => segs.add_if_trainable(b)?,
+                None => None,
+            },
+            lora,
+            mask: None,
+        })
     }
 
-    /// `(dx, Some(flattened [dA, dB]))` given the output gradient `g`.
-    fn backward(&self, x: &Tensor, g: &Tensor, packed: &Tensor, scale: f64) -> Result<(Tensor, Option<Tensor>)> {
-        match self.lora_ab(packed)? {
-            Some((a, b)) => {
-                let (dx, da, db) = lora_backward(x, &self.w, &a, &b, scale, self.mask.as_ref(), g)?;
-                Ok((dx, Some(Tensor::cat(&[da.flatten_all()?, db.flatten_all()?], 0)?)))
-            }
-            None => {
-                let (k, n) = (x.dim(candle_core::D::Minus1)?, g.dim(candle_core::D::Minus1)?);
-                let m = x.elem_count() / k.max(1);
-                let dx = g.detach().contiguous()?.reshape((m, n))?.matmul(&self.w)?;
-                Ok((dx.reshape(x.shape())?, None))
-            }
-        }
-    }
-}
-
-impl BlockProj {
     /// The projection's forward outside autograd; draws (and keeps) its dropout mask.
-    fn forward(&mut self, input: &Tensor, packed: &Tensor, model: &Model, ad: &LoraAdapter, ctx: &mut Ctx) -> Result<Tensor> {
-        match self.lora_ab(packed)? {
-            Some((a, b)) => {
+    fn forward(&mut self, input: &Tensor, model: &Model, ad: Option<&LoraAdapter>, ctx: &mut Ctx) -> Result<Tensor> {
+        match (&self.lora, ad) {
+            (Some((a, b, _, _)), Some(ad)) => {
                 self.mask = model.lora_mask(input.shape(), ad, ctx);
-                Ok(lora_linear(input, &self.w, self.bias.as_ref(), &a, &b, ad.scale(), self.mask.as_ref())?)
+                Ok(lora_linear(input, &self.w, self.bias.as_ref(), a, b, ad.scale(), self.mask.as_ref())?)
             }
-            None => {
+            _ => {
                 let y = crate::ops::plain_linear(input, &self.w)?;
                 Ok(match &self.bias {
                     Some(b) => y.broadcast_add(b)?,
@@ -72,35 +111,56 @@ impl BlockProj {
             }
         }
     }
+
+    /// `dx` given the output gradient `g`; the projection's parameter gradients go into
+    /// `grads` at their segments.
+    fn backward(&self, x: &Tensor, g: &Tensor, scale: f64, grads: &mut [Option<Tensor>]) -> Result<Tensor> {
+        if let Some((a, b, sa, sb)) = &self.lora {
+            let (dx, da, db) = lora_backward(x, &self.w, a, b, scale, self.mask.as_ref(), g)?;
+            grads[*sa] = Some(da);
+            grads[*sb] = Some(db);
+            return Ok(dx);
+        }
+        let (k, n) = (x.dim(candle_core::D::Minus1)?, g.dim(candle_core::D::Minus1)?);
+        let m = x.elem_count() / k.max(1);
+        let g2 = g.detach().contiguous()?.reshape((m, n))?;
+        if let Some(s) = self.w_seg {
+            let x2 = x.detach().contiguous()?.reshape((m, k))?;
+            grads[s] = Some(g2.t()?.matmul(&x2)?);
+        }
+        if let Some(s) = self.bias_seg {
+            grads[s] = Some(g2.sum(0)?);
+        }
+        Ok(g2.matmul(&self.w)?.reshape(x.shape())?)
+    }
 }
 
-/// The adapted projections' A and B, flattened and concatenated in `projs` order (the
-/// packed tensor the block's node takes as input), and each projection's record.
-fn pack(model: &Model, i: usize, projs: &[Proj], pairs: &[Option<&LoraPair>]) -> Result<(Tensor, Vec<BlockProj>)> {
-    let l = &model.layers[i];
-    let mut flat = Vec::new();
-    let mut off = 0;
-    let mut recs = Vec::with_capacity(projs.len());
-    for (&p, pair) in projs.iter().zip(pairs) {
-        let lin = &l.proj[p as usize];
-        let lora = match pair {
-            Some(pair) => {
-                let (sa, sb) = (pair.a.shape().clone(), pair.b.shape().clone());
-                flat.push(pair.a.as_tensor().flatten_all()?);
-                flat.push(pair.b.as_tensor().flatten_all()?);
-                let slot = (off, sa.clone(), sb.clone());
-                off += sa.elem_count() + sb.elem_count();
-                Some(slot)
-            }
-            None => None,
-        };
-        recs.push(BlockProj { w: lin.weight.clone(), bias: lin.bias.clone(), lora, mask: None });
+/// A frozen or trainable RMSNorm weight inside a block.
+struct BlockNorm {
+    w: Tensor,
+    seg: Option<usize>,
+}
+
+impl BlockNorm {
+    fn new(w: &Tensor, segs: &mut Segs) -> Result<Self> {
+        Ok(BlockNorm { w: w.detach(), seg: segs.add_if_trainable(w)? })
     }
-    Ok((Tensor::cat(&flat, 0)?, recs))
+
+    /// `dx` of `rms_norm(x, w)`; the weight gradient (`sum(g * x * r)` over all rows)
+    /// goes into `grads` when the weight is trainable.
+    fn backward(&self, x: &Tensor, g: &Tensor, eps: f64, grads: &mut [Option<Tensor>]) -> Result<Tensor> {
+        if let Some(s) = self.seg {
+            let r = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+            let h = x.dim(candle_core::D::Minus1)?;
+            let gw = g.mul(&x.broadcast_mul(&r)?)?.reshape(((), h))?.sum(0)?;
+            grads[s] = Some(gw);
+        }
+        Ok(rms_norm_bwd(x, g, &self.w, eps)?)
+    }
 }
 
 struct MlpBlock {
-    norm_w: Tensor,
+    norm: BlockNorm,
     eps: f64,
     scale: f64,
     gate_p: BlockProj,
@@ -108,23 +168,24 @@ struct MlpBlock {
     down_p: BlockProj,
     gate: Tensor,
     up: Tensor,
+    shapes: Vec<Shape>,
     result: Precomputed,
 }
 
 impl MlpBlock {
     fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (x, packed, dy) = (x.detach(), packed.detach(), dy.detach().contiguous()?);
+        let (x, dy) = (x.detach(), dy.detach().contiguous()?);
+        let mut grads = vec![None; self.shapes.len()];
         let act = swiglu(&self.gate, &self.up)?;
-        let (d_act, g_down) = self.down_p.backward(&act, &dy, &packed, self.scale)?;
+        let d_act = self.down_p.backward(&act, &dy, self.scale, &mut grads)?;
         drop(act);
         let (d_gate, d_up) = swiglu_backward(&self.gate, &self.up, &d_act)?;
         drop(d_act);
-        let h = rms_norm_fused(&x, &self.norm_w, self.eps)?;
-        let (dh_g, g_gate) = self.gate_p.backward(&h, &d_gate, &packed, self.scale)?;
-        let (dh_u, g_up) = self.up_p.backward(&h, &d_up, &packed, self.scale)?;
-        let dx = dy.add(&rms_norm_bwd(&x, &dh_g.add(&dh_u)?, &self.norm_w, self.eps)?)?;
-        let parts: Vec<Tensor> = [g_gate, g_up, g_down].into_iter().flatten().collect();
-        Ok((dx, Tensor::cat(&parts, 0)?))
+        let h = rms_norm_fused(&x, &self.norm.w, self.eps)?;
+        let dh = self.gate_p.backward(&h, &d_gate, self.scale, &mut grads)?;
+        let dh = dh.add(&self.up_p.backward(&h, &d_up, self.scale, &mut grads)?)?;
+        let dx = dy.add(&self.norm.backward(&x, &dh, self.eps, &mut grads)?)?;
+        Ok((dx, assemble(&self.shapes, grads, packed)?))
     }
 }
 
@@ -151,35 +212,28 @@ impl CustomOp2 for MlpBlock {
 }
 
 /// `x + down(swiglu(gate(norm(x)), up(norm(x))))` for decoder layer `i` as one node (see
-/// the module docs). `None` when the block does not apply (no adapter on any MLP
-/// projection); the caller then composes the ops itself.
+/// the module docs). `None` when nothing in the MLP half is trainable; the caller then
+/// composes the ops itself.
 pub(crate) fn mlp(model: &Model, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<Option<Tensor>> {
-    let Some(ad) = ctx.lora else {
+    let ad = ctx.lora;
+    let l = &model.layers[i];
+    let mut segs = Segs::default();
+    let norm = BlockNorm::new(&l.post_attention_layernorm, &mut segs)?;
+    let mut proj = |p: Proj| BlockProj::new(&l.proj[p as usize], ad.and_then(|ad| ad.pair(i, p)), &mut segs);
+    let (mut gate_p, mut up_p, mut down_p) = (proj(Proj::Gate)?, proj(Proj::Up)?, proj(Proj::Down)?);
+    let Some(packed) = segs.packed()? else {
         return Ok(None);
     };
-    let projs = [Proj::Gate, Proj::Up, Proj::Down];
-    let pairs: Vec<Option<&LoraPair>> = projs.iter().map(|&p| ad.pair(i, p)).collect();
-    if pairs.iter().all(Option::is_none) {
-        return Ok(None);
-    }
-    let l = &model.layers[i];
     let eps = model.config.rms_norm_eps;
-    let scale = ad.scale();
     let x = x.contiguous()?;
     let xd = x.detach();
-    let h = rms_norm_fused(&xd, &l.post_attention_layernorm, eps)?;
-    let (packed, recs) = pack(model, i, &projs, &pairs)?;
-    let packed_d = packed.detach();
-    let run = |rec: &mut BlockProj, input: &Tensor, ctx: &mut Ctx| rec.forward(input, &packed_d, model, ad, ctx);
-    let mut recs = recs.into_iter();
-    let (Some(mut gate_p), Some(mut up_p), Some(mut down_p)) = (recs.next(), recs.next(), recs.next()) else {
-        return Ok(None);
-    };
-    let gate = run(&mut gate_p, &h, ctx)?;
-    let up = run(&mut up_p, &h, ctx)?;
+    // Masks are drawn in the composed path's order: gate, up, down.
+    let h = rms_norm_fused(&xd, &norm.w, eps)?;
+    let gate = gate_p.forward(&h, model, ad, ctx)?;
+    let up = up_p.forward(&h, model, ad, ctx)?;
     drop(h);
     let act = swiglu(&gate, &up)?;
-    let down = run(&mut down_p, &act, ctx)?;
+    let down = down_p.forward(&act, model, ad, ctx)?;
     drop(act);
     let y = xd.add(&down)?;
     if !(x.track_op() || (packed.track_op() && !ctx.lora_frozen)) {
@@ -188,14 +242,15 @@ pub(crate) fn mlp(model: &Model, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<
     Ok(Some(x.apply_op2(
         &packed,
         MlpBlock {
-            norm_w: l.post_attention_layernorm.clone(),
+            norm,
             eps,
-            scale,
+            scale: ad.map_or(1.0, LoraAdapter::scale),
             gate_p,
             up_p,
             down_p,
             gate,
             up,
+            shapes: segs.shapes,
             result: Precomputed::new(y)?,
         },
     )?))
@@ -205,9 +260,8 @@ pub(crate) fn mlp(model: &Model, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<
 /// `h = norm(x)`. Keeps q and k before their norm, v, the attention output and its per-row
 /// log-sum-exp; `h` and the rotated q/k are recomputed in the backward (elementwise).
 struct AttnBlock {
-    norm_w: Tensor,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
+    norm: BlockNorm,
+    qk_norm: Option<(BlockNorm, BlockNorm)>,
     eps: f64,
     scale: f64,
     cos: Tensor,
@@ -223,41 +277,42 @@ struct AttnBlock {
     v: Tensor,
     attn: Tensor,
     lse: Vec<f32>,
+    shapes: Vec<Shape>,
     result: Precomputed,
 }
 
 impl AttnBlock {
     fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         use crate::attn::{backward_tensors, AttnLayout};
-        let (x, packed, dy) = (x.detach(), packed.detach(), dy.detach().contiguous()?);
+        let (x, dy) = (x.detach(), dy.detach().contiguous()?);
+        let mut grads = vec![None; self.shapes.len()];
         let (b, t, hq, hd) = self.attn.dims4()?;
-        let (d_attn, g_o) = self.o_p.backward(&self.attn.reshape((b, t, hq * hd))?, &dy, &packed, self.scale)?;
+        let d_attn = self.o_p.backward(&self.attn.reshape((b, t, hq * hd))?, &dy, self.scale, &mut grads)?;
         let d_attn = d_attn.reshape((b, t, hq, hd))?;
-        let q_r = norm_rope_thd(&self.q, self.q_norm.as_ref(), self.eps, &self.cos, &self.sin)?;
-        let k_r = norm_rope_thd(&self.k, self.k_norm.as_ref(), self.eps, &self.cos, &self.sin)?;
+        let (qn, kn) = match &self.qk_norm {
+            Some((q, k)) => (Some(&q.w), Some(&k.w)),
+            None => (None, None),
+        };
+        let q_r = norm_rope_thd(&self.q, qn, self.eps, &self.cos, &self.sin)?;
+        let k_r = norm_rope_thd(&self.k, kn, self.eps, &self.cos, &self.sin)?;
         let (dq_r, dk_r, dv) =
             backward_tensors(&q_r, &k_r, &self.v, &self.attn, &d_attn, &self.lse, &self.mask, self.attn_scale, AttnLayout::Bthd)?;
         drop((q_r, k_r, d_attn));
         // RoPE is a rotation: its transpose is the same kernel with -sin.
         let neg_sin = self.sin.neg()?;
-        let unrotate = |g: &Tensor, pre: &Tensor, w: Option<&Tensor>| -> Result<Tensor> {
-            let g = candle_nn::rotary_emb::rope_thd(&g.contiguous()?, &self.cos, &neg_sin)?;
-            Ok(match w {
-                Some(w) => rms_norm_bwd(pre, &g, w, self.eps)?,
-                None => g,
-            })
-        };
-        let dq = unrotate(&dq_r, &self.q, self.q_norm.as_ref())?.reshape((b, t, ()))?;
-        let dk = unrotate(&dk_r, &self.k, self.k_norm.as_ref())?.reshape((b, t, ()))?;
-        let dv = dv.reshape((b, t, ()))?;
-        let h = rms_norm_fused(&x, &self.norm_w, self.eps)?;
-        let (dh_q, g_q) = self.q_p.backward(&h, &dq, &packed, self.scale)?;
-        let (dh_k, g_k) = self.k_p.backward(&h, &dk, &packed, self.scale)?;
-        let (dh_v, g_v) = self.v_p.backward(&h, &dv, &packed, self.scale)?;
-        let dh = dh_q.add(&dh_k)?.add(&dh_v)?;
-        let dx = dy.add(&rms_norm_bwd(&x, &dh, &self.norm_w, self.eps)?)?;
-        let parts: Vec<Tensor> = [g_q, g_k, g_v, g_o].into_iter().flatten().collect();
-        Ok((dx, Tensor::cat(&parts, 0)?))
+        let unrotate = |g: &Tensor| candle_nn::rotary_emb::rope_thd(&g.contiguous()?, &self.cos, &neg_sin);
+        let (mut dq, mut dk) = (unrotate(&dq_r)?, unrotate(&dk_r)?);
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            dq = q_norm.backward(&self.q, &dq, self.eps, &mut grads)?;
+            dk = k_norm.backward(&self.k, &dk, self.eps, &mut grads)?;
+        }
+        let (dq, dk, dv) = (dq.reshape((b, t, ()))?, dk.reshape((b, t, ()))?, dv.reshape((b, t, ()))?);
+        let h = rms_norm_fused(&x, &self.norm.w, self.eps)?;
+        let dh = self.q_p.backward(&h, &dq, self.scale, &mut grads)?;
+        let dh = dh.add(&self.k_p.backward(&h, &dk, self.scale, &mut grads)?)?;
+        let dh = dh.add(&self.v_p.backward(&h, &dv, self.scale, &mut grads)?)?;
+        let dx = dy.add(&self.norm.backward(&x, &dh, self.eps, &mut grads)?)?;
+        Ok((dx, assemble(&self.shapes, grads, packed)?))
     }
 }
 
@@ -284,44 +339,45 @@ impl CustomOp2 for AttnBlock {
 }
 
 /// The attention half of decoder layer `i` as one node (see [`AttnBlock`]); `None` when it
-/// does not apply (no fused CPU attention, or no adapter on q, k, v or o).
+/// does not apply (no fused CPU attention, or nothing trainable in this half).
 pub(crate) fn attention(model: &Model, i: usize, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &mut Ctx) -> Result<Option<Tensor>> {
-    let (Some(mask), Some(ad)) = (ctx.fused_mask.clone(), ctx.lora) else {
+    let Some(mask) = ctx.fused_mask.clone() else {
         return Ok(None);
     };
-    let projs = [Proj::Q, Proj::K, Proj::V, Proj::O];
-    let pairs: Vec<Option<&LoraPair>> = projs.iter().map(|&p| ad.pair(i, p)).collect();
-    if pairs.iter().all(Option::is_none) {
-        return Ok(None);
-    }
+    let ad = ctx.lora;
     let c = &model.config;
     let l = &model.layers[i];
+    let mut segs = Segs::default();
+    let norm = BlockNorm::new(&l.input_layernorm, &mut segs)?;
+    let qk_norm = match (&l.q_norm, &l.k_norm) {
+        (Some(qn), Some(kn)) => Some((BlockNorm::new(qn, &mut segs)?, BlockNorm::new(kn, &mut segs)?)),
+        _ => None,
+    };
+    let mut proj = |p: Proj| BlockProj::new(&l.proj[p as usize], ad.and_then(|ad| ad.pair(i, p)), &mut segs);
+    let (mut q_p, mut k_p, mut v_p, mut o_p) = (proj(Proj::Q)?, proj(Proj::K)?, proj(Proj::V)?, proj(Proj::O)?);
+    let Some(packed) = segs.packed()? else {
+        return Ok(None);
+    };
     let (b, t, _) = x.dims3()?;
     let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let eps = c.rms_norm_eps;
     let attn_scale = (1.0 / (hd as f64).sqrt()) as f32;
     let x = x.contiguous()?;
     let xd = x.detach();
-    let (packed, recs) = pack(model, i, &projs, &pairs)?;
-    let packed_d = packed.detach();
-    let mut recs = recs.into_iter();
-    let (Some(mut q_p), Some(mut k_p), Some(mut v_p), Some(mut o_p)) = (recs.next(), recs.next(), recs.next(), recs.next()) else {
-        return Ok(None);
-    };
-    let h = rms_norm_fused(&xd, &l.input_layernorm, eps)?;
-    let q = q_p.forward(&h, &packed_d, model, ad, ctx)?.reshape((b, t, hq, hd))?;
-    let k = k_p.forward(&h, &packed_d, model, ad, ctx)?.reshape((b, t, hkv, hd))?;
-    let v = v_p.forward(&h, &packed_d, model, ad, ctx)?.reshape((b, t, hkv, hd))?;
+    let h = rms_norm_fused(&xd, &norm.w, eps)?;
+    let q = q_p.forward(&h, model, ad, ctx)?.reshape((b, t, hq, hd))?;
+    let k = k_p.forward(&h, model, ad, ctx)?.reshape((b, t, hkv, hd))?;
+    let v = v_p.forward(&h, model, ad, ctx)?.reshape((b, t, hkv, hd))?;
     drop(h);
-    let (q_norm, k_norm) = match (&l.q_norm, &l.k_norm) {
-        (Some(qn), Some(kn)) => (Some(qn.clone()), Some(kn.clone())),
-        _ => (None, None),
+    let (qn, kn) = match &qk_norm {
+        Some((q, k)) => (Some(&q.w), Some(&k.w)),
+        None => (None, None),
     };
-    let q_r = norm_rope_thd(&q, q_norm.as_ref(), eps, cos, sin)?;
-    let k_r = norm_rope_thd(&k, k_norm.as_ref(), eps, cos, sin)?;
+    let q_r = norm_rope_thd(&q, qn, eps, cos, sin)?;
+    let k_r = norm_rope_thd(&k, kn, eps, cos, sin)?;
     let (attn, lse) = crate::attn::forward_tensors(&q_r, &k_r, &v, &mask, attn_scale, crate::attn::AttnLayout::Bthd)?;
     drop((q_r, k_r));
-    let o = o_p.forward(&attn.reshape((b, t, hq * hd))?, &packed_d, model, ad, ctx)?;
+    let o = o_p.forward(&attn.reshape((b, t, hq * hd))?, model, ad, ctx)?;
     let y = xd.add(&o)?;
     if !(x.track_op() || (packed.track_op() && !ctx.lora_frozen)) {
         return Ok(Some(y));
@@ -329,11 +385,10 @@ pub(crate) fn attention(model: &Model, i: usize, x: &Tensor, cos: &Tensor, sin: 
     Ok(Some(x.apply_op2(
         &packed,
         AttnBlock {
-            norm_w: l.input_layernorm.clone(),
-            q_norm,
-            k_norm,
+            norm,
+            qk_norm,
             eps,
-            scale: ad.scale(),
+            scale: ad.map_or(1.0, LoraAdapter::scale),
             cos: cos.clone(),
             sin: sin.clone(),
             mask,
@@ -347,6 +402,7 @@ pub(crate) fn attention(model: &Model, i: usize, x: &Tensor, cos: &Tensor, sin: 
             v,
             attn,
             lse,
+            shapes: segs.shapes,
             result: Precomputed::new(y)?,
         },
     )?))

@@ -801,9 +801,9 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let train = ctx.train;
-        // CPU f32 LoRA training over a frozen base: each half of the layer is one fused
-        // node with a hand-written backward (`crate::blocks`).
-        let fused_blocks = train && ctx.fused_mask.is_some() && !l.proj[Proj::Down as usize].weight.is_variable();
+        // CPU f32 training: each half of the layer is one fused node with a hand-written
+        // backward (`crate::blocks`), for LoRA and for a full fine-tune.
+        let fused_blocks = train && ctx.fused_mask.is_some();
         let attn_half = if fused_blocks {
             crate::blocks::attention(self, i, x, cos, sin, ctx)?
         } else {

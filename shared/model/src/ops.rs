@@ -251,11 +251,7 @@ fn logprobs_chunked_cpu(
             .for_each(|((row, o), &t)| {
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let target = row[t as usize];
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
-                }
+                let sum = crate::attn::exp_sub_sum(row, m);
                 *o = target - (m + sum.ln());
                 if jacobian {
                     let inv = 1.0 / sum;
@@ -352,6 +348,13 @@ pub fn token_logprobs_trainable(
     targets: &Tensor,
     chunk: usize,
 ) -> candle_core::Result<Tensor> {
+    if h.device().is_cpu() && h.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        // One node; the backward recomputes each chunk's logits (see `LogprobFullOp`).
+        let chunk = chunk.max(1);
+        let (y, _) = logprobs_chunked(&h.detach(), &w.detach(), targets, chunk, false)?;
+        let tg: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
+        return h.apply_op2(w, LogprobFullOp { targets: tg, chunk, result: Precomputed::new(y)? });
+    }
     let n = h.dim(0)?;
     let chunk = chunk.max(1);
     let mut outs = Vec::new();
@@ -367,6 +370,62 @@ pub fn token_logprobs_trainable(
         return Tensor::zeros(0, h.dtype(), h.device());
     }
     Tensor::cat(&outs, 0)
+}
+
+/// `log_softmax(h W^T)[targets]` as one node differentiable w.r.t. `h` and `W` (CPU f32).
+/// The backward recomputes a chunk's logits into one reusable buffer, turns them into
+/// `d logits = g * (onehot(t) - softmax)` in place, and takes `dh = d logits @ W` and
+/// `dW += d logits^T @ h` with gemm: no `[N, V]` tensor is ever stored.
+struct LogprobFullOp {
+    targets: Vec<u32>,
+    chunk: usize,
+    result: Precomputed,
+}
+
+impl candle_core::CustomOp2 for LogprobFullOp {
+    fn name(&self) -> &'static str {
+        "token-logprobs-full"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.result.cpu()
+    }
+    fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (n, hd) = h.dims2()?;
+        let (v, _) = w.dims2()?;
+        let (Some(hv), Some(wv), Some(gv)) = (cpu_f32(h), cpu_f32(&w.contiguous()?), cpu_f32(&grad.contiguous()?)) else {
+            bail!("token_logprobs_trainable: backward needs f32 CPU tensors");
+        };
+        let chunk = self.chunk.min(n.max(1));
+        let mut dh = vec![0f32; n * hd];
+        let mut dw = vec![0f32; v * hd];
+        let mut buf = vec![0f32; chunk * v];
+        let threads = gemm::Parallelism::Rayon(0);
+        for s0 in (0..n).step_by(chunk) {
+            let len = chunk.min(n - s0);
+            let lg = &mut buf[..len * v];
+            crate::attn::gemm_f32(len, v, hd, lg, v, false, &hv[s0 * hd..], hd, 1, &wv, 1, hd, threads);
+            lg.par_chunks_mut(v)
+                .zip(gv[s0..s0 + len].par_iter())
+                .zip(self.targets[s0..s0 + len].par_iter())
+                .for_each(|((row, &g), &t)| {
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum = crate::attn::exp_sub_sum(row, m);
+                    let k = -g / sum;
+                    row.iter_mut().for_each(|x| *x *= k);
+                    if let Some(x) = row.get_mut(t as usize) {
+                        *x += g;
+                    }
+                });
+            // dh[len x H] = dlogits @ W ; dW[V x H] += dlogits^T @ h
+            crate::attn::gemm_f32(len, hd, v, &mut dh[s0 * hd..], hd, false, lg, v, 1, &wv, hd, 1, threads);
+            crate::attn::gemm_f32(v, hd, len, &mut dw, hd, true, lg, 1, v, &hv[s0 * hd..], hd, 1, threads);
+        }
+        Ok((
+            Some(Tensor::from_vec(dh, (n, hd), h.device())?),
+            Some(Tensor::from_vec(dw, (v, hd), w.device())?),
+        ))
+    }
 }
 
 /// Holds a forward value computed outside the graph; the custom op's forward just

@@ -434,3 +434,35 @@ fn fused_blocks_and_recompute_match_the_composed_path() {
         assert_eq!(max_abs_diff(b, c), 0.0, "var {k}: recompute changed the gradient");
     }
 }
+
+/// Full fine-tuning through the fused blocks (f32) against the composed per-op path (f64):
+/// every weight's gradient (projections, norms, the tied embedding) agrees.
+#[test]
+fn fused_blocks_match_the_composed_path_for_full_fine_tuning() {
+    let grads_of = |dtype: DType| {
+        let mut model = tiny_model(dtype, 31);
+        let vars = model.make_trainable().unwrap();
+        let b = batch();
+        let mask = loss_mask(&b, dtype);
+        let lp = model.train_logprobs(&b, None, None, 4).unwrap();
+        let n = mask.sum_all().unwrap();
+        let l = lp.mul(&mask).unwrap().sum_all().unwrap().neg().unwrap().div(&n).unwrap();
+        let grads = l.backward().unwrap();
+        let gs: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(name, v)| {
+                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+                (name.clone(), g.to_dtype(DType::F64).unwrap())
+            })
+            .collect();
+        (l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), gs)
+    };
+    let (l64, g64) = grads_of(DType::F64);
+    let (l32, g32) = grads_of(DType::F32);
+    assert!((l64 - l32).abs() < 1e-4 * l64.abs().max(1.0), "loss f64 {l64} vs fused f32 {l32}");
+    for ((name, a), (_, b)) in g64.iter().zip(&g32) {
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1e-3);
+        let d = max_abs_diff(a, b) as f64;
+        assert!(d < 2e-3 * scale, "{name}: composed vs fused differ by {d} (scale {scale})");
+    }
+}
