@@ -27,7 +27,7 @@ sft_args=${FC_BENCH_SFT_ARGS:---seq 512 --batch 2 --steps 3}
 : > "$out/sft.txt"
 echo "| impl | alloc | shape | train | layers | seq | batch | r | steps | s/step | tokens/s | first step s | peak RSS MiB | RSS after init MiB |" | tee -a "$out/sft.txt"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" | tee -a "$out/sft.txt"
-for cfg in "--tiny --full --seq 512 --batch 8 --steps 4" "--tiny --rank 64 --seq 512 --batch 8 --steps 4" "$sft_args"; do
+for cfg in "--tiny --full --seq 512 --batch 8 --steps 12" "--tiny --rank 64 --seq 512 --batch 8 --steps 12" "$sft_args"; do
   ./target/release/bench-sft-step $cfg 2>/dev/null | tail -1 | tee -a "$out/sft.txt"
   python3 scripts/bench/sft_step_torch.py $cfg 2>/dev/null | tail -1 | tee -a "$out/sft.txt"
 done

@@ -638,12 +638,80 @@ impl CustomOp1 for RmsNormOp {
 
 /// Input gradient of RMSNorm with a frozen weight `w` (see [`RmsNormOp`]).
 pub(crate) fn rms_norm_bwd(x: &Tensor, grad: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if let Some((dx, _)) = rms_norm_bwd_cpu(x, grad, w, eps, false)? {
+        return Ok(dx);
+    }
     let (x, g) = (x.detach(), grad.detach());
     let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     let gw = g.broadcast_mul(w)?;
     let m = gw.mul(&x)?.mean_keepdim(D::Minus1)?;
     let r3m = r.powf(3.0)?.mul(&m)?;
     gw.broadcast_mul(&r)?.sub(&x.broadcast_mul(&r3m)?)
+}
+
+/// One pass per row on CPU f32: `dx` of RMSNorm and, with `weight_grad`, `dw = sum over
+/// rows of g * x * r` (reduced across threads). `None` when the inputs are not CPU f32.
+/// The composed version is eight tensor ops, each a full pass and an allocation.
+pub(crate) fn rms_norm_bwd_cpu(
+    x: &Tensor,
+    grad: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    weight_grad: bool,
+) -> candle_core::Result<Option<(Tensor, Option<Tensor>)>> {
+    use rayon::prelude::*;
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && grad.dtype() == DType::F32 && w.dtype() == DType::F32) {
+        return Ok(None);
+    }
+    let h = x.dim(D::Minus1)?;
+    if grad.shape() != x.shape() || w.elem_count() != h || h == 0 {
+        bail!("rms_norm backward: x {:?}, grad {:?}, w {:?}", x.dims(), grad.dims(), w.dims());
+    }
+    let (Some(xv), Some(gv), Some(wv)) = (cpu_f32(x), cpu_f32(&grad.contiguous()?), cpu_f32(&w.contiguous()?)) else {
+        return Ok(None);
+    };
+    let eps = eps as f32;
+    let inv_h = 1.0 / h as f32;
+    let mut dx = vec![0f32; xv.len()];
+    let rows_per_task = (16384 / h).max(1);
+    let dw = dx
+        .par_chunks_mut(rows_per_task * h)
+        .zip(xv.par_chunks(rows_per_task * h).zip(gv.par_chunks(rows_per_task * h)))
+        .map(|(dxc, (xc, gc))| {
+            let mut dw = if weight_grad { vec![0f32; h] } else { Vec::new() };
+            for ((d, x), g) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
+                let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() * inv_h;
+                let r = 1.0 / (ss + eps).sqrt();
+                let m: f32 = g.iter().zip(&wv).zip(x).map(|((g, w), x)| g * w * x).sum::<f32>() * inv_h;
+                let r3m = r * r * r * m;
+                for i in 0..h {
+                    d[i] = r * g[i] * wv[i] - x[i] * r3m;
+                }
+                if weight_grad {
+                    for i in 0..h {
+                        dw[i] += g[i] * x[i] * r;
+                    }
+                }
+            }
+            dw
+        })
+        .reduce(Vec::new, |a, b| {
+            if a.is_empty() {
+                return b;
+            }
+            if b.is_empty() {
+                return a;
+            }
+            a.iter().zip(&b).map(|(a, b)| a + b).collect()
+        });
+    let dev = x.device();
+    let dw = if weight_grad {
+        let dw = if dw.is_empty() { vec![0f32; h] } else { dw };
+        Some(Tensor::from_vec(dw, w.shape(), dev)?)
+    } else {
+        None
+    };
+    Ok(Some((Tensor::from_vec(dx, x.shape(), dev)?, dw)))
 }
 
 /// Per-head RMSNorm (optional, Qwen3's q/k norm) then RoPE, on `[B, T, H, D]`: one autograd
