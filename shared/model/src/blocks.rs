@@ -17,7 +17,7 @@
 use crate::error::Result;
 use crate::lora::{LoraAdapter, LoraPair};
 use crate::model::{Ctx, Model, Proj};
-use crate::ops::{lora_backward, lora_linear, norm_rope_thd, rms_norm_bwd, rms_norm_fused, swiglu, swiglu_backward, DropMask, Precomputed};
+use crate::ops::{lora_backward, lora_linear, norm_rope_thd, rms_norm_fused, swiglu, swiglu_backward, DropMask, Precomputed};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
 /// The trainable tensors of a block, in packing order.
