@@ -22,14 +22,14 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
 /// The trainable tensors of a block, in packing order.
 #[derive(Default)]
-struct Segs {
+pub(crate) struct Segs {
     flat: Vec<Tensor>,
-    shapes: Vec<Shape>,
+    pub(crate) shapes: Vec<Shape>,
 }
 
 impl Segs {
     /// Adds `t` if it is a `Var` (or any tracked tensor); returns its segment index.
-    fn add_if_trainable(&mut self, t: &Tensor) -> Result<Option<usize>> {
+    pub(crate) fn add_if_trainable(&mut self, t: &Tensor) -> Result<Option<usize>> {
         if !t.is_variable() {
             return Ok(None);
         }
@@ -39,7 +39,7 @@ impl Segs {
     }
 
     /// The packed input of the node; `None` when nothing in the block is trainable.
-    fn packed(&self) -> Result<Option<Tensor>> {
+    pub(crate) fn packed(&self) -> Result<Option<Tensor>> {
         if self.flat.is_empty() {
             return Ok(None);
         }
@@ -48,7 +48,7 @@ impl Segs {
 }
 
 /// Gradients per segment (zeros where a segment got none) as one packed tensor.
-fn assemble(shapes: &[Shape], grads: Vec<Option<Tensor>>, like: &Tensor) -> Result<Tensor> {
+pub(crate) fn assemble(shapes: &[Shape], grads: Vec<Option<Tensor>>, like: &Tensor) -> Result<Tensor> {
     let mut parts = Vec::with_capacity(shapes.len());
     for (shape, g) in shapes.iter().zip(grads) {
         parts.push(match g {

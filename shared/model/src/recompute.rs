@@ -13,18 +13,12 @@
 //! and replayed rather than drawn again (the RNG has moved on by then).
 
 use crate::attn::AttnMask;
+use crate::blocks::{assemble, Segs};
 use crate::error::Result;
 use crate::lora::{LoraAdapter, LoraConfig, LoraPair};
 use crate::model::{Ctx, Masks, Model};
 use crate::ops::{DropMask, Precomputed};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor, Var};
-
-/// One adapted projection's place in the packed tensor.
-struct Slot {
-    proj: usize,
-    a: Shape,
-    b: Shape,
-}
 
 struct RecomputeLayer {
     model: Model,
@@ -34,7 +28,10 @@ struct RecomputeLayer {
     mask: Option<Tensor>,
     fused_mask: Option<AttnMask>,
     config: LoraConfig,
-    slots: Vec<Slot>,
+    /// The adapted projections (`Proj as usize`), in packing order.
+    projs: Vec<usize>,
+    /// Shapes of the packed segments: A then B of each projection in `projs`.
+    shapes: Vec<Shape>,
     masks: Vec<DropMask>,
     result: Precomputed,
 }
@@ -46,15 +43,16 @@ impl RecomputeLayer {
         let xv = Var::from_tensor(&x.detach())?;
         let packed = packed.detach();
         let mut slots = vec![None; 7];
-        let mut vars = Vec::with_capacity(self.slots.len());
+        let mut vars = Vec::with_capacity(self.shapes.len());
         let mut off = 0;
-        for s in &self.slots {
-            let (na, nb) = (s.a.elem_count(), s.b.elem_count());
-            let a = Var::from_tensor(&packed.narrow(0, off, na)?.reshape(s.a.clone())?)?;
-            let b = Var::from_tensor(&packed.narrow(0, off + na, nb)?.reshape(s.b.clone())?)?;
-            off += na + nb;
-            vars.push((a.clone(), b.clone()));
-            slots[s.proj] = Some(LoraPair { a, b });
+        for shape in &self.shapes {
+            let n = shape.elem_count();
+            vars.push(Var::from_tensor(&packed.narrow(0, off, n)?.reshape(shape.clone())?)?);
+            off += n;
+        }
+        for (k, &proj) in self.projs.iter().enumerate() {
+            let (a, b) = (vars[2 * k].clone(), vars[2 * k + 1].clone());
+            slots[proj] = Some(LoraPair { a, b });
         }
         let mut layers = vec![vec![None; 7]; self.model.layers.len()];
         layers[self.layer] = slots;
@@ -84,16 +82,8 @@ impl RecomputeLayer {
             Some(d) => d.clone(),
             None => x.zeros_like()?,
         };
-        let mut parts = Vec::with_capacity(2 * vars.len());
-        for (a, b) in &vars {
-            for v in [a, b] {
-                parts.push(match g.get(v.as_tensor()) {
-                    Some(d) => d.flatten_all()?,
-                    None => v.as_tensor().zeros_like()?.flatten_all()?,
-                });
-            }
-        }
-        Ok((dx, Tensor::cat(&parts, 0)?))
+        let grads = vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
+        Ok((dx, assemble(&self.shapes, grads, &packed)?))
     }
 }
 
@@ -152,18 +142,15 @@ pub(crate) fn layer(
         _ => Vec::new(),
     };
     let y = y?;
-    let mut flat = Vec::with_capacity(2 * pairs.len());
-    let mut slots = Vec::with_capacity(pairs.len());
-    for (p, pair) in &pairs {
-        flat.push(pair.a.as_tensor().flatten_all()?);
-        flat.push(pair.b.as_tensor().flatten_all()?);
-        slots.push(Slot {
-            proj: *p,
-            a: pair.a.shape().clone(),
-            b: pair.b.shape().clone(),
-        });
+    let mut segs = Segs::default();
+    for (_, pair) in &pairs {
+        for v in [&pair.a, &pair.b] {
+            segs.add_if_trainable(v.as_tensor())?;
+        }
     }
-    let packed = Tensor::cat(&flat, 0)?;
+    let Some(packed) = segs.packed()? else {
+        return Ok(y);
+    };
     if !(x.track_op() || packed.track_op()) {
         return Ok(y);
     }
@@ -177,7 +164,8 @@ pub(crate) fn layer(
             mask: mask.cloned(),
             fused_mask: ctx.fused_mask.clone(),
             config: ad.config.clone(),
-            slots,
+            projs: pairs.iter().map(|(p, _)| *p).collect(),
+            shapes: segs.shapes,
             masks,
             result: Precomputed::new(y)?,
         },
