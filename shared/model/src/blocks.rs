@@ -20,6 +20,41 @@ use crate::model::{Ctx, Model, Proj};
 use crate::ops::{lora_backward, lora_linear, norm_rope_thd, rms_norm_fused, swiglu, swiglu_backward, DropMask, Precomputed};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 
+/// A node over `(x, packed trainables)` whose forward was computed outside the graph
+/// ([`Precomputed`]) and whose backward is [`PackedGrads::grads`]: the fused blocks and
+/// the recomputed layer.
+pub(crate) trait PackedGrads: Send + Sync {
+    const NAME: &'static str;
+    fn result(&self) -> &Precomputed;
+    /// `(dx, d packed)` given the output gradient.
+    fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// The candle op of a [`PackedGrads`] node.
+pub(crate) struct PackedNode<T>(pub(crate) T);
+
+impl<T: PackedGrads> CustomOp2 for PackedNode<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.0.result().cpu()
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.0.result().cuda()
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp) = self.0.grads(x, packed, grad).map_err(candle_core::Error::wrap)?;
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
 /// The trainable tensors of a block, in packing order.
 #[derive(Default)]
 pub(crate) struct Segs {
@@ -189,25 +224,13 @@ impl MlpBlock {
     }
 }
 
-impl CustomOp2 for MlpBlock {
-    fn name(&self) -> &'static str {
-        "mlp-block"
+impl PackedGrads for MlpBlock {
+    const NAME: &'static str = "mlp-block";
+    fn result(&self) -> &Precomputed {
+        &self.result
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.result.cpu()
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.result.cuda()
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        packed: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp) = self.grads(x, packed, grad).map_err(candle_core::Error::wrap)?;
-        Ok((Some(dx), Some(dp)))
+    fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.grads(x, packed, dy)
     }
 }
 
@@ -241,7 +264,7 @@ pub(crate) fn mlp(model: &Model, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<
     }
     Ok(Some(x.apply_op2(
         &packed,
-        MlpBlock {
+        PackedNode(MlpBlock {
             norm,
             eps,
             scale: ad.map_or(1.0, LoraAdapter::scale),
@@ -252,7 +275,7 @@ pub(crate) fn mlp(model: &Model, i: usize, x: &Tensor, ctx: &mut Ctx) -> Result<
             up,
             shapes: segs.shapes,
             result: Precomputed::new(y)?,
-        },
+        }),
     )?))
 }
 
@@ -316,25 +339,13 @@ impl AttnBlock {
     }
 }
 
-impl CustomOp2 for AttnBlock {
-    fn name(&self) -> &'static str {
-        "attention-block"
+impl PackedGrads for AttnBlock {
+    const NAME: &'static str = "attention-block";
+    fn result(&self) -> &Precomputed {
+        &self.result
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.result.cpu()
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.result.cuda()
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        packed: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp) = self.grads(x, packed, grad).map_err(candle_core::Error::wrap)?;
-        Ok((Some(dx), Some(dp)))
+    fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.grads(x, packed, dy)
     }
 }
 
@@ -384,7 +395,7 @@ pub(crate) fn attention(model: &Model, i: usize, x: &Tensor, cos: &Tensor, sin: 
     }
     Ok(Some(x.apply_op2(
         &packed,
-        AttnBlock {
+        PackedNode(AttnBlock {
             norm,
             qk_norm,
             eps,
@@ -404,6 +415,6 @@ pub(crate) fn attention(model: &Model, i: usize, x: &Tensor, cos: &Tensor, sin: 
             lse,
             shapes: segs.shapes,
             result: Precomputed::new(y)?,
-        },
+        }),
     )?))
 }

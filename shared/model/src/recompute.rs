@@ -13,12 +13,12 @@
 //! and replayed rather than drawn again (the RNG has moved on by then).
 
 use crate::attn::AttnMask;
-use crate::blocks::{assemble, Segs};
+use crate::blocks::{assemble, PackedGrads, PackedNode, Segs};
 use crate::error::Result;
 use crate::lora::{LoraAdapter, LoraConfig, LoraPair};
 use crate::model::{Ctx, Masks, Model};
 use crate::ops::{DropMask, Precomputed};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor, Var};
+use candle_core::{Shape, Tensor, Var};
 
 struct RecomputeLayer {
     model: Model,
@@ -87,25 +87,13 @@ impl RecomputeLayer {
     }
 }
 
-impl CustomOp2 for RecomputeLayer {
-    fn name(&self) -> &'static str {
-        "recompute-layer"
+impl PackedGrads for RecomputeLayer {
+    const NAME: &'static str = "recompute-layer";
+    fn result(&self) -> &Precomputed {
+        &self.result
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.result.cpu()
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.result.cuda()
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        packed: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp) = self.grads(x, packed, grad).map_err(candle_core::Error::wrap)?;
-        Ok((Some(dx), Some(dp)))
+    fn grads(&self, x: &Tensor, packed: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.grads(x, packed, dy)
     }
 }
 
@@ -156,7 +144,7 @@ pub(crate) fn layer(
     }
     Ok(x.apply_op2(
         &packed,
-        RecomputeLayer {
+        PackedNode(RecomputeLayer {
             model: model.clone(),
             layer: i,
             cos: cos.clone(),
@@ -168,6 +156,6 @@ pub(crate) fn layer(
             shapes: segs.shapes,
             masks,
             result: Precomputed::new(y)?,
-        },
+        }),
     )?)
 }
