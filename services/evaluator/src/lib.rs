@@ -151,6 +151,7 @@ pub fn event_metrics(s: &Summary) -> EvalMetrics {
         schema_hit: m.schema_hit,
         func_accuracy: m.func_accuracy,
         exec_rate: m.exec_rate,
+        args_match: Some(m.args_match),
         args_exact: Some(m.args_exact),
         no_call_accuracy: m.no_call_accuracy,
         extra: s.extra(),

@@ -186,23 +186,24 @@ async fn watch(
     let m = &eval.metrics;
     let sft_val = serde_json::json!({
         "count": m.count, "parse_rate": m.parse_rate, "schema_hit": m.schema_hit, "func_accuracy": m.func_accuracy,
-        "exec_rate": m.exec_rate, "args_exact": m.args_exact.unwrap_or(0.0),
+        "exec_rate": m.exec_rate, "args_match": m.args_match.unwrap_or(0.0), "args_exact": m.args_exact.unwrap_or(0.0),
     });
 
     println!();
     println!(
-        "{:<14} {:>6} {:>11} {:>11} {:>14} {:>10} {:>11}",
-        "model/split", "count", "parse_rate", "schema_hit", "func_accuracy", "exec_rate", "args_exact"
+        "{:<14} {:>6} {:>11} {:>11} {:>14} {:>10} {:>11} {:>11}",
+        "model/split", "count", "parse_rate", "schema_hit", "func_accuracy", "exec_rate", "args_match", "args_exact"
     );
     for (name, v) in [("base/val", &base_val), ("sft/val", &sft_val), ("base/heldout", &base_held), ("sft/heldout", &sft_held)] {
         println!(
-            "{:<14} {:>6} {:>11.3} {:>11.3} {:>14.3} {:>10.3} {:>11.3}",
+            "{:<14} {:>6} {:>11.3} {:>11.3} {:>14.3} {:>10.3} {:>11.3} {:>11.3}",
             name,
             v["count"],
             metric(v, "parse_rate"),
             metric(v, "schema_hit"),
             metric(v, "func_accuracy"),
             metric(v, "exec_rate"),
+            metric(v, "args_match"),
             metric(v, "args_exact")
         );
     }

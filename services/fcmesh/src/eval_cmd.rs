@@ -69,6 +69,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         "schema_hit": m.schema_hit,
         "func_accuracy": m.func_accuracy,
         "exec_rate": m.exec_rate,
+        "args_match": m.args_match,
         "args_exact": m.args_exact,
         "no_call_accuracy": m.no_call_accuracy,
         "hallucination_rate": m.hallucination_rate,

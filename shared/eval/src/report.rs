@@ -65,11 +65,12 @@ fn rate_of(m: &Metrics, name: &str) -> Option<f64> {
 
 /// Rate names present in any of `metrics`, in report order.
 fn rate_names<'a>(metrics: impl Iterator<Item = &'a Metrics>) -> Vec<&'static str> {
-    const ORDER: [&str; 8] = [
+    const ORDER: [&str; 9] = [
         "parse_rate",
         "schema_hit",
         "func_accuracy",
         "exec_rate",
+        "args_match",
         "args_exact",
         "no_call_accuracy",
         "hallucination_rate",

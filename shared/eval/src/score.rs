@@ -7,12 +7,16 @@
 //!   at least one block is present;
 //! * **schema_hit**: every call names an offered tool and its arguments validate against
 //!   the tool's JSON Schema (for a plain-text answer: no call);
-//! * **func_accuracy**: the calls equal the expected ones as a multiset (names plus
-//!   normalized arguments: trimmed, case-insensitive strings, numbers by value, schema
-//!   defaults), i.e. fc-rewards' binary semantic reward; for a plain-text answer: no call
-//!   and non-empty text;
+//! * **func_accuracy**: the right functions are called: every block parses and the called
+//!   names equal the expected names as a multiset (arguments are judged by the two metrics
+//!   below, so a model that picks the right tool but invents its arguments shows a high
+//!   func_accuracy next to a low args_match instead of hiding either); for a plain-text
+//!   answer: no call and non-empty text;
 //! * **exec_rate**: the mock executor runs every call without error;
-//! * **args_exact**: like func_accuracy but every argument value must be exactly equal
+//! * **args_match**: the calls equal the expected ones as a multiset, names plus
+//!   normalized arguments (trimmed, case-insensitive strings, numbers by value, schema
+//!   defaults), i.e. fc-rewards' binary semantic reward;
+//! * **args_exact**: like args_match but every argument value must be exactly equal
 //!   (case, whitespace, no extra or defaulted keys). The gap between the two shows values
 //!   the lenient comparison forgave; hallucinated arguments (not declared by the tool) are
 //!   listed per sample in [`Verdict::hallucinated_args`] and counted in
@@ -102,6 +106,9 @@ pub struct Verdict {
     pub schema_ok: bool,
     pub func_ok: bool,
     pub exec_ok: bool,
+    /// Names and normalized arguments match (the binary semantic reward).
+    #[serde(default)]
+    pub args_ok: bool,
     pub args_exact: bool,
     pub expected_calls: usize,
     /// Calls that parsed.
@@ -128,6 +135,8 @@ pub struct Metrics {
     pub schema_hit: f64,
     pub func_accuracy: f64,
     pub exec_rate: f64,
+    #[serde(default)]
+    pub args_match: f64,
     pub args_exact: f64,
     /// Among plain-text samples; `None` when there are none.
     pub no_call_accuracy: Option<f64>,
@@ -161,6 +170,7 @@ impl Metrics {
             schema_hit: frac(&|v| v.schema_ok),
             func_accuracy: frac(&|v| v.func_ok),
             exec_rate: frac(&|v| v.exec_ok),
+            args_match: frac(&|v| v.args_ok),
             args_exact: frac(&|v| v.args_exact),
             no_call_accuracy: sub_rate(&|v| v.category == Category::NoTool, &|v| v.func_ok),
             hallucination_rate: frac(&|v| !v.hallucinated_args.is_empty()),
@@ -175,6 +185,7 @@ impl Metrics {
             ("schema_hit", self.schema_hit),
             ("func_accuracy", self.func_accuracy),
             ("exec_rate", self.exec_rate),
+            ("args_match", self.args_match),
             ("args_exact", self.args_exact),
         ];
         if let Some(x) = self.no_call_accuracy {
@@ -320,6 +331,7 @@ impl Evaluator {
             schema_ok: false,
             func_ok: false,
             exec_ok: false,
+            args_ok: false,
             args_exact: false,
             expected_calls: sample.expected.call_count(),
             predicted_calls: 0,
@@ -351,9 +363,14 @@ impl Evaluator {
         v.parse_ok = parsed.errors.is_empty() && (expects_text || parsed.blocks > 0);
         v.schema_ok = c.schema >= 1.0;
         v.exec_ok = c.exec >= 1.0;
-        v.func_ok = c.semantic >= 1.0;
+        v.args_ok = c.semantic >= 1.0;
+        v.func_ok = if expects_text {
+            v.args_ok
+        } else {
+            parsed.errors.is_empty() && same_names(&parsed.calls, &sample.expected)
+        };
         v.args_exact = if expects_text {
-            v.func_ok
+            v.args_ok
         } else {
             parsed.errors.is_empty() && exact_match(&parsed.calls, &sample.expected)
         };
@@ -392,6 +409,20 @@ impl Evaluator {
             out
         })
     }
+}
+
+/// The predicted calls name the expected functions, as a multiset (order and arguments
+/// aside).
+fn same_names(calls: &[ToolCall], expected: &Expected) -> bool {
+    let mut want: Vec<&str> = match expected {
+        Expected::Text(_) => Vec::new(),
+        Expected::Calls(c) => c.iter().map(|c| c.name.as_str()).collect(),
+        Expected::Bfcl(c) => c.iter().map(|c| c.name.as_str()).collect(),
+    };
+    let mut got: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    want == got
 }
 
 /// Predicted arguments the offered tool does not declare (`tool.arg`); tools without

@@ -86,20 +86,21 @@ fn ground_truth_scores_100_percent() {
     // Exact matching understands BFCL's allowed lists (nested in dict values too).
     assert_eq!(summary.overall.args_exact, 1.0, "gold answers must match exactly");
     // The lenient (fc-rewards) matcher understands the nested allowed lists too.
-    let lenient_misses: Vec<&str> = verdicts.iter().filter(|v| !v.func_ok).map(|v| v.id.as_str()).collect();
+    let lenient_misses: Vec<&str> = verdicts.iter().filter(|v| !v.args_ok).map(|v| v.id.as_str()).collect();
     let schema_misses: Vec<&str> = verdicts.iter().filter(|v| !v.schema_ok).map(|v| v.id.as_str()).collect();
     assert!(
         lenient_misses.is_empty(),
         "lenient matcher rejects {} gold answers: {lenient_misses:?}",
         lenient_misses.len()
     );
-    assert_eq!(summary.overall.func_accuracy, 1.0, "gold answers must match the lenient matcher");
+    assert_eq!(summary.overall.args_match, 1.0, "gold answers must match the lenient matcher");
+    assert_eq!(summary.overall.func_accuracy, 1.0, "gold answers call the right functions");
     eprintln!(
-        "BFCL oracle: {} samples, ast_accuracy 1.0; schema_hit {:.3} (misses {:?}), func_accuracy {:.3} (misses {:?}), args_exact {:.3}",
+        "BFCL oracle: {} samples, ast_accuracy 1.0; schema_hit {:.3} (misses {:?}), args_match {:.3} (misses {:?}), args_exact {:.3}",
         verdicts.len(),
         summary.overall.schema_hit,
         schema_misses,
-        summary.overall.func_accuracy,
+        summary.overall.args_match,
         lenient_misses,
         summary.overall.args_exact
     );

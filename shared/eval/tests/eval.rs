@@ -70,17 +70,18 @@ fn verdicts_and_metrics() {
     let by = |id: &str| vs.iter().find(|v| v.id == id).expect("verdict");
 
     let exact = by("exact");
-    assert!(exact.parse_ok && exact.schema_ok && exact.exec_ok && exact.func_ok && exact.args_exact);
+    assert!(exact.parse_ok && exact.schema_ok && exact.exec_ok && exact.func_ok && exact.args_ok && exact.args_exact);
     let case = by("case");
-    assert!(case.func_ok && !case.args_exact, "lenient func match, strict args: {case:?}");
+    assert!(case.func_ok && case.args_ok && !case.args_exact, "lenient args match, strict args: {case:?}");
     let h = by("halluc");
-    assert!(!h.func_ok && !h.args_exact, "hallucinated argument fails both: {h:?}");
+    assert!(h.func_ok, "the right function was called: {h:?}");
+    assert!(!h.args_ok && !h.args_exact, "hallucinated argument fails both argument checks: {h:?}");
     assert_eq!(h.hallucinated_args, vec!["get_weather.country".to_string()]);
     let par = by("parallel");
     assert_eq!(par.category, Category::Parallel);
-    assert!(par.func_ok && par.args_exact, "order-insensitive: {par:?}");
+    assert!(par.func_ok && par.args_ok && par.args_exact, "order-insensitive: {par:?}");
     let b = by("broken");
-    assert!(!b.parse_ok && !b.func_ok);
+    assert!(!b.parse_ok && !b.func_ok && !b.args_ok);
     assert!(by("notool").func_ok && by("notool").parse_ok);
     assert!(!by("notool_called").func_ok && by("notool_called").parse_ok);
     let m = by("missing");
@@ -90,7 +91,8 @@ fn verdicts_and_metrics() {
     assert_eq!(s.overall.count, 8);
     assert_eq!(s.overall.missing, 1);
     assert_eq!(s.overall.no_call_accuracy, Some(0.5));
-    assert!((s.overall.func_accuracy - 4.0 / 8.0).abs() < 1e-9, "{:?}", s.overall);
+    assert!((s.overall.func_accuracy - 5.0 / 8.0).abs() < 1e-9, "{:?}", s.overall);
+    assert!((s.overall.args_match - 4.0 / 8.0).abs() < 1e-9, "{:?}", s.overall);
     assert!((s.overall.args_exact - 3.0 / 8.0).abs() < 1e-9, "{:?}", s.overall);
     assert!((s.overall.parse_rate - 6.0 / 8.0).abs() < 1e-9, "{:?}", s.overall);
     assert_eq!(s.by_category["no_tool"].count, 2);

@@ -317,6 +317,10 @@ pub struct EvalMetrics {
     pub schema_hit: f64,
     pub func_accuracy: f64,
     pub exec_rate: f64,
+    /// Calls equal to the expected ones, names plus normalized arguments (`func_accuracy`
+    /// judges names only). Added after v1; absent in older events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_match: Option<f64>,
     #[serde(default)]
     pub args_exact: Option<f64>,
     #[serde(default)]

@@ -34,6 +34,8 @@ fn metrics() -> EvalMetrics {
         schema_hit: 0.9,
         func_accuracy: 0.91,
         exec_rate: 0.85,
+        // Added later with skip-if-none: an event without it keeps its v1 wire form.
+        args_match: None,
         args_exact: Some(0.5),
         no_call_accuracy: Some(0.75),
         extra: BTreeMap::from([("heldout.parse_rate".to_string(), 0.95)]),
