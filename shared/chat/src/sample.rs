@@ -42,15 +42,22 @@ pub fn prompt_request(s: &Sample) -> ChatRequest {
     r
 }
 
+/// The assistant turn a sample teaches when no tool fits and its source gives no text
+/// (xLAM rows with `answers: []`, BFCL irrelevance). Without a target these samples would
+/// be dropped from training and the model would never learn to abstain; any non-empty
+/// text without a call is what the evaluator counts as a correct abstention.
+pub const NO_CALL_REPLY: &str = "None of the available tools can help with this request.";
+
 /// The full training conversation: the prompt plus the expected answer as the assistant
-/// turn (its tool calls, or the plain-text answer when the source gives one).
+/// turn (its tool calls, the plain-text answer when the source gives one, or
+/// [`NO_CALL_REPLY`]).
 pub fn training_request(s: &Sample) -> ChatRequest {
     let mut r = base(s);
     match &s.expected {
         Expected::Calls(c) => r.messages.push(ChatMessage::assistant_calls(None, &calls(c))),
         Expected::Bfcl(_) => r.messages.push(ChatMessage::assistant_calls(None, &calls(&s.expected.representative_calls()))),
         Expected::Text(Some(t)) => r.messages.push(ChatMessage::assistant(t.clone())),
-        Expected::Text(None) => {}
+        Expected::Text(None) => r.messages.push(ChatMessage::assistant(NO_CALL_REPLY)),
     }
     r.add_generation_prompt = Some(false);
     r
@@ -62,7 +69,7 @@ mod tests {
 
     #[test]
     fn generated_sample_renders_with_its_answer() {
-        let recs = fc_data::generate(20, 3);
+        let recs = fc_data::generate(60, 3);
         let mut buf = Vec::new();
         fc_data::write_xlam_json(&recs, &mut buf).expect("write");
         // The real Qwen3 template, beside the checkout (see tests/common).
@@ -70,6 +77,7 @@ mod tests {
         let t = crate::ChatTemplate::from_dir(&dir)
             .unwrap_or_else(|e| panic!("the Qwen3 tokenizer files must be at {}: {e}", dir.display()));
         let mut with_calls = 0;
+        let mut abstain = 0;
         for item in fc_data::load(buf.as_slice(), fc_data::Format::Xlam, None) {
             let s = item.expect("read").result.expect("valid");
             let full = t.render(&training_request(&s)).expect("render");
@@ -83,7 +91,14 @@ mod tests {
                     assert!(full.contains(&format!("\"name\": \"{}\"", c[0].name)), "{full}");
                 }
             }
+            if let Expected::Text(None) = &s.expected {
+                abstain += 1;
+                assert!(full.ends_with(&format!("{NO_CALL_REPLY}<|im_end|>\n")), "{full}");
+                assert!(!full.get(prompt.len()..).unwrap_or("").contains("<tool_call>"), "{full}");
+            }
         }
         assert!(with_calls > 10);
+        // The generator mixes in requests no offered tool can serve (about one in ten).
+        assert!(abstain > 0, "no abstention sample among 60");
     }
 }
