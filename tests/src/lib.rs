@@ -73,21 +73,33 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// Starts the server and checks it is still up and listening once JetStream had a
+    /// moment to start; a server that died in between (seen once in CI as "connection
+    /// refused" right after start-up) is replaced on a fresh port, up to three times.
     pub fn start() -> Self {
         let bin = find_binary("nats-server", "nats-server");
-        let dir = tempfile::tempdir().expect("temp dir for nats-server");
-        let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        wait_for_port(port, &mut child, "nats-server");
-        // The listener is up a moment before JetStream is.
-        std::thread::sleep(Duration::from_millis(150));
-        Self { child, port, _dir: dir }
+        for attempt in 1..=3 {
+            let dir = tempfile::tempdir().expect("temp dir for nats-server");
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            wait_for_port(port, &mut child, "nats-server");
+            // The listener is up a moment before JetStream is.
+            std::thread::sleep(Duration::from_millis(150));
+            let alive = matches!(child.try_wait(), Ok(None));
+            if alive && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, port, _dir: dir };
+            }
+            eprintln!("nats-server on port {port} went away after start-up (attempt {attempt}); starting another");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server did not stay up after three starts");
     }
 
     pub fn url(&self) -> String {
