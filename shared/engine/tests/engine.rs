@@ -645,3 +645,29 @@ async fn chunked_prefill_matches_whole_prefill() {
     let o = outputs(&drain(bg, vec![]).await);
     assert_eq!(o[0].token_ids.len(), 60);
 }
+
+/// A GGUF-quantized model is an ordinary `Model` to the engine: Q8_0 and Q4_0 run the
+/// same scheduler, batch as they do dense, and report log-probs of their own forward.
+#[test]
+fn quantized_models_run_through_the_same_engine() {
+    let tok = tokenizer();
+    let dense = model(&tok);
+    let v = tok.vocab_size();
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| prompt(4 + 5 * i, 40 + i as u32, v)).collect();
+    for dtype in [fc_model::GgufDType::Q8_0, fc_model::GgufDType::Q4_0] {
+        let q = dense.quantize(dtype).unwrap();
+        assert!(q.is_quantized() && !dense.is_quantized());
+        assert!(q.decode_weight_bytes() * 3 < dense.decode_weight_bytes(), "{dtype:?} must read fewer bytes");
+        let engine = Engine::start(q.clone(), tok.clone(), EngineConfig::default()).unwrap();
+        let together = engine.generate_batch(&prompts, &no_eos(10)).unwrap();
+        for (p, o) in prompts.iter().zip(&together) {
+            let alone = engine.generate_blocking(Request::new(p.clone(), no_eos(10))).unwrap().remove(0);
+            assert_eq!(o.token_ids, alone.token_ids, "{dtype:?}: batched vs alone");
+            let reference = reference_logprobs(&q, None, p, &o.token_ids);
+            for (j, (a, b)) in o.logprobs.iter().zip(&reference).enumerate() {
+                assert!((a - b).abs() < 1e-4, "{dtype:?} token {j}: {a} vs {b}");
+            }
+        }
+        engine.shutdown();
+    }
+}

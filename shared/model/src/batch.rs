@@ -315,11 +315,7 @@ fn linear(
     p: Proj,
     lora: Option<&LoraAdapter>,
 ) -> Result<Tensor> {
-    let lin = &model.layers[layer].proj[p as usize];
-    let mut y = plain_linear(x, &lin.weight)?;
-    if let Some(b) = &lin.bias {
-        y = y.broadcast_add(b)?;
-    }
+    let mut y = model.layers[layer].proj[p as usize].forward(x)?;
     if let Some(ad) = lora {
         if let Some(pair) = ad.pair(layer, p) {
             let xa = plain_linear(x, &pair.a.as_tensor().detach())?.affine(ad.scale(), 0.0)?;
@@ -327,6 +323,100 @@ fn linear(
         }
     }
     Ok(y)
+}
+
+/// A rank-4 `[1, H, L, D]` f32 CPU tensor (possibly a narrowed view) as its backing slice,
+/// start offset and head / position strides; `None` for anything else.
+fn kv_slices<R>(t: &Tensor, f: impl FnOnce(&[f32], usize, usize, usize) -> R) -> Result<Option<R>> {
+    let (st, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*st else {
+        return Ok(None);
+    };
+    let Ok(data) = cpu.as_slice::<f32>() else {
+        return Ok(None);
+    };
+    let strides = layout.stride();
+    if strides.len() != 4 || strides[3] != 1 {
+        return Ok(None);
+    }
+    Ok(Some(f(data, layout.start_offset(), strides[1], strides[2])))
+}
+
+/// Attention of one new token (a decode step) on CPU f32, straight over the KV segments:
+/// dot products against every cached key, a softmax per query head, then the weighted sum
+/// of values. At one query row per head the general matmul's per-call setup costs more
+/// than the arithmetic, so this path skips it. Returns `[1, 1, Hq * D]`, or `None` when
+/// the tensors are not CPU f32 (the caller falls back to the matmul path).
+fn decode_attention(
+    q: &Tensor,
+    prefix: &[(Arc<KvBuf>, usize)],
+    layer: usize,
+    own: (&Tensor, &Tensor),
+    n_rep: usize,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || q.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (_, hq, _, d) = q.dims4()?;
+    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let mut segs: Vec<(Tensor, Tensor)> = Vec::with_capacity(prefix.len() + 1);
+    for (seg, used) in prefix {
+        segs.push(seg.view(layer, *used)?);
+    }
+    segs.push((own.0.clone(), own.1.clone()));
+    let total: usize = segs.iter().map(|(k, _)| k.dim(2)).sum::<candle_core::Result<usize>>()?;
+    // scores[h * total + p]
+    let mut scores = vec![0f32; hq * total];
+    let mut base = 0;
+    for (k, _) in &segs {
+        let len = k.dim(2)?;
+        let done = kv_slices(k, |data, off, sh, sp| {
+            for h in 0..hq {
+                let qh = &qv[h * d..(h + 1) * d];
+                let kh = off + (h / n_rep) * sh;
+                for p in 0..len {
+                    let kp = &data[kh + p * sp..kh + p * sp + d];
+                    scores[h * total + base + p] = crate::gemv::dot(qh, kp) * scale as f32;
+                }
+            }
+        })?;
+        if done.is_none() {
+            return Ok(None);
+        }
+        base += len;
+    }
+    for row in scores.chunks_mut(total) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    let mut out = vec![0f32; hq * d];
+    let mut base = 0;
+    for (_, v) in &segs {
+        let len = v.dim(2)?;
+        let done = kv_slices(v, |data, off, sh, sp| {
+            for h in 0..hq {
+                let oh = &mut out[h * d..(h + 1) * d];
+                let vh = off + (h / n_rep) * sh;
+                for p in 0..len {
+                    let w = scores[h * total + base + p];
+                    let vp = &data[vh + p * sp..vh + p * sp + d];
+                    oh.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
+                }
+            }
+        })?;
+        if done.is_none() {
+            return Ok(None);
+        }
+        base += len;
+    }
+    Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), q.device())?))
 }
 
 /// Runs all `seqs` through the model in one forward, appending their tokens to their
@@ -418,6 +508,22 @@ pub fn forward_ragged(
             let (k_own, v_own) = cache
                 .own
                 .append(i, &ks, &vs, cache.own_len, cache.own_limit)?;
+            if t == 1 {
+                if let Some(out) = decode_attention(&q.narrow(2, a, 1)?, &cache.prefix.segs, i, (&k_own, &v_own), n_rep, scale)? {
+                    outs.push(out);
+                    continue;
+                }
+            } else if cache.prefix.segs.is_empty() && crate::attn::supported(&q) {
+                // A prompt chunk over the sequence's own positions only: the fused causal
+                // CPU attention of the training path (blocked, skips masked blocks, no
+                // repeated KV heads, no score matrix per head).
+                let qs = q.narrow(2, a, t)?.contiguous()?;
+                let mask = crate::attn::AttnMask { offset: cache.own_len, key_valid: None };
+                let (o, _) =
+                    crate::attn::forward_tensors(&qs, &k_own, &v_own, &mask, scale as f32, crate::attn::AttnLayout::Bhtd)?;
+                outs.push(o.transpose(1, 2)?.reshape((1, t, hq * hd))?);
+                continue;
+            }
             let qs = q
                 .narrow(2, a, t)?
                 .contiguous()?
@@ -490,7 +596,7 @@ pub fn forward_ragged(
     let last = Tensor::from_vec(last, ranges.len(), dev)?;
     let h = x.squeeze(0)?.index_select(&last, 0)?;
     let h = rms_norm_fused(&h, &model.norm, eps)?;
-    Ok(plain_linear(&h, model.lm_head_weight())?)
+    model.logits(&h)
 }
 
 #[cfg(test)]

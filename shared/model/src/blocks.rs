@@ -118,8 +118,8 @@ impl BlockProj {
             None => None,
         };
         Ok(BlockProj {
-            w: lin.weight.detach(),
-            w_seg: segs.add_if_trainable(&lin.weight)?,
+            w: lin.dense_weight()?.detach(),
+            w_seg: segs.add_if_trainable(lin.dense_weight()?)?,
             bias: lin.bias.as_ref().map(Tensor::detach),
             bias_seg: match &lin.bias {
                 Some(b) => segs.add_if_trainable(b)?,

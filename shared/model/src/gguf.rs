@@ -1,7 +1,7 @@
 //! GGUF export of a (merged) Qwen3 model, in the layout llama.cpp expects.
 //!
 //! Why: llama.cpp / ollama-style runtimes and our own quantized serving path
-//! ([`crate::quantized::QuantizedModel`]) read GGUF, so a merged fine-tune is
+//! ([`crate::Model::load_gguf`]) read GGUF, so a merged fine-tune is
 //! exported once here instead of going through Python's `convert_hf_to_gguf.py`.
 //!
 //! What is written mirrors `convert_hf_to_gguf.py` for `Qwen3ForCausalLM`:
@@ -31,7 +31,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Weight encodings supported by [`export_gguf`] and [`crate::quantized::QuantizedModel`].
+/// Weight encodings supported by [`export_gguf`] and [`crate::Model::load_gguf`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgufDType {
     /// Lossless (for f32 checkpoints); for parity checks.
@@ -382,7 +382,7 @@ fn quantize_matrix(name: &str, t: &Tensor, want: GgmlDType) -> Result<(QTensor, 
 pub type NamedQTensors = Vec<(String, QTensor)>;
 
 /// The model's weights as GGUF-named `QTensor`s (CPU), plus fallback notes.
-/// Used by [`export_gguf`] and by [`crate::quantized::QuantizedModel::from_model`].
+/// Used by [`export_gguf`] and by [`crate::Model::quantize`].
 pub fn quantize_model(model: &Model, dtype: GgufDType) -> Result<(NamedQTensors, Vec<String>)> {
     check_exportable(&model.config)?;
     let mut out = Vec::new();
@@ -411,7 +411,7 @@ pub fn quantize_model(model: &Model, dtype: GgufDType) -> Result<(NamedQTensors,
         for p in [Proj::Q, Proj::K, Proj::V] {
             out.push(mat(
                 gguf_proj_name(i, p),
-                &l.proj[p as usize].weight,
+                l.proj[p as usize].dense_weight()?,
                 dtype.ggml(),
             )?);
         }
@@ -423,7 +423,7 @@ pub fn quantize_model(model: &Model, dtype: GgufDType) -> Result<(NamedQTensors,
         }
         out.push(mat(
             gguf_proj_name(i, Proj::O),
-            &l.proj[Proj::O as usize].weight,
+            l.proj[Proj::O as usize].dense_weight()?,
             dtype.ggml(),
         )?);
         out.push((
@@ -433,7 +433,7 @@ pub fn quantize_model(model: &Model, dtype: GgufDType) -> Result<(NamedQTensors,
         for p in [Proj::Gate, Proj::Up, Proj::Down] {
             out.push(mat(
                 gguf_proj_name(i, p),
-                &l.proj[p as usize].weight,
+                l.proj[p as usize].dense_weight()?,
                 dtype.ggml(),
             )?);
         }

@@ -19,6 +19,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod quantized;
+pub mod gemv;
 mod recompute;
 pub mod tiny;
 
@@ -28,8 +29,7 @@ pub use gguf::{export_gguf, export_gguf_dir, GgufDType, GgufExport};
 pub use generate::{generate, generate_with, FinishReason, GenerateParams, Generation};
 pub use lora::{clip_grad_norm, LoraAdapter, LoraConfig, LoraPair};
 pub use optim::{AdamW, AdamWParams};
-pub use model::{DecoderLayer, KvCache, Linear, Model, Proj, TokenBatch};
-pub use quantized::{QKvCache, QuantizedModel};
+pub use model::{DecoderLayer, KvCache, Linear, Model, Proj, TokenBatch, Weight};
 
 pub use candle_core::{DType, Device, Tensor, Var};
 

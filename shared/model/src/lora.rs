@@ -375,7 +375,8 @@ impl Model {
                         .as_tensor()
                         .matmul(pair.a.as_tensor())?
                         .affine(scale, 0.0)?;
-                    lin.weight = (&lin.weight + delta.to_dtype(lin.weight.dtype())?)?.detach();
+                    let w = lin.dense_weight_mut()?;
+                    *w = (&*w + delta.to_dtype(w.dtype())?)?.detach();
                 }
             }
         }

@@ -19,7 +19,8 @@ use crate::ops::{
     attention, frozen_linear, lora_linear, plain_linear, repeat_kv, rms_norm_fused, rms_norm_train,
     rope_train, token_logprobs,
 };
-use candle_core::{Var, DType, Device, Tensor, D};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -110,11 +111,84 @@ impl Proj {
     }
 }
 
-/// A frozen linear layer (`y = x W^T + b`), weight `[out, in]`.
+/// The weight of a linear layer, `[out, in]`.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// A dense tensor in the model's dtype: trainable, mergeable, saved as is.
+    Dense(Tensor),
+    /// A GGUF block-quantized matrix (Q8_0, Q4_K, ...), read by candle's quantized
+    /// matmul, which quantizes the activations per block as llama.cpp does. Inference
+    /// only: training, merging and quantizing again refuse it with an error.
+    Quantized(QMatMul),
+}
+
+/// A frozen linear layer (`y = x W^T + b`).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight: Weight::Dense(weight), bias }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quantized(_))
+    }
+
+    /// The dense weight; an error for a quantized layer (inference only).
+    pub fn dense_weight(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quantized(_) => Err(quantized_only()),
+        }
+    }
+
+    /// Mutable dense weight (full fine-tuning, LoRA merge); an error when quantized.
+    pub fn dense_weight_mut(&mut self) -> Result<&mut Tensor> {
+        match &mut self.weight {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quantized(_) => Err(quantized_only()),
+        }
+    }
+
+    /// The weight as a dense tensor on `device` (quantized ones dequantized to f32).
+    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Quantized(QMatMul::QTensor(q)) => Ok(q.dequantize(device)?),
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.to_dtype(DType::F32)?),
+        }
+    }
+
+    /// Inference `x W^T + b` for either kind of weight (no autograd through it).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) => crate::ops::infer_linear(x, w)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// Bytes of weight storage (what a decode step streams from memory).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+}
+
+fn quantized_only() -> ModelError {
+    ModelError::Input(
+        "this model has quantized (GGUF) weights, which are inference-only: train or merge on the dense HF model".into(),
+    )
 }
 
 /// Weights of one decoder layer.
@@ -356,6 +430,10 @@ pub struct Model {
     pub norm: Tensor,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// The output projection of a GGUF model with a quantized head (tied or not): used
+    /// for inference logits instead of the dense `lm_head_weight()`, which then holds the
+    /// dequantized embedding table for token lookup only.
+    pub(crate) quant_head: Option<QMatMul>,
     device: Device,
     dtype: DType,
     /// RoPE inverse frequencies, computed in f32 like transformers does.
@@ -407,6 +485,26 @@ impl Model {
         self.dtype
     }
 
+    /// Whether any weight is block-quantized (GGUF): such a model only runs inference.
+    pub fn is_quantized(&self) -> bool {
+        self.quant_head.is_some() || self.layers.iter().any(|l| l.proj.iter().any(Linear::is_quantized))
+    }
+
+    /// Weight bytes one decode step reads: every projection plus the output head (the
+    /// embedding lookup reads one row and is left out).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let proj: usize = self.layers.iter().flat_map(|l| l.proj.iter()).map(Linear::weight_bytes).sum();
+        let head = match &self.quant_head {
+            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            None => {
+                let w = self.lm_head_weight();
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        };
+        proj + head
+    }
+
     /// The lm_head weight (`embed_tokens` when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
@@ -415,6 +513,30 @@ impl Model {
     /// A fresh KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// A model from loaded parts (the GGUF loader); the dtype is the embedding's.
+    pub(crate) fn from_parts(
+        config: ModelConfig,
+        embed_tokens: Tensor,
+        layers: Vec<DecoderLayer>,
+        norm: Tensor,
+        lm_head: Option<Tensor>,
+        quant_head: Option<QMatMul>,
+        device: &Device,
+    ) -> Model {
+        Model {
+            inv_freq: inv_freq(&config),
+            dtype: embed_tokens.dtype(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            quant_head,
+            device: device.clone(),
+            recompute_layers: 0,
+            config,
+        }
     }
 
     /// Random weights (normal, std 0.02; norms at 1) — deterministic in `seed`.
@@ -437,10 +559,7 @@ impl Model {
                 } else {
                     None
                 };
-                proj.push(Linear {
-                    weight: randt((o, i))?,
-                    bias,
-                });
+                proj.push(Linear::dense(randt((o, i))?, bias));
             }
             layers.push(DecoderLayer {
                 input_layernorm: ones(c.hidden_size)?,
@@ -464,6 +583,7 @@ impl Model {
             Some(randt((c.vocab_size, c.hidden_size))?)
         };
         Ok(Model {
+            quant_head: None,
             recompute_layers: 0,
             inv_freq: inv_freq(c),
             embed_tokens,
@@ -509,7 +629,7 @@ impl Model {
                 } else {
                     None
                 };
-                proj.push(Linear { weight, bias });
+                proj.push(Linear::dense(weight, bias));
             }
             let (q_norm, k_norm) = if c.qk_norm {
                 (
@@ -544,6 +664,7 @@ impl Model {
             Some(get("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
         };
         Ok(Model {
+            quant_head: None,
             recompute_layers: 0,
             inv_freq: inv_freq(c),
             embed_tokens,
@@ -556,8 +677,9 @@ impl Model {
         })
     }
 
-    /// HF tensor names and tensors of this model (lm_head omitted when tied).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// HF tensor names and tensors of this model (lm_head omitted when tied); quantized
+    /// weights are dequantized, so a GGUF model saves as an ordinary HF dir.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
@@ -580,10 +702,7 @@ impl Model {
             }
             for p in Proj::ALL {
                 let lin = &l.proj[p as usize];
-                out.push((
-                    format!("{pre}.{}.weight", p.module_path()),
-                    lin.weight.clone(),
-                ));
+                out.push((format!("{pre}.{}.weight", p.module_path()), lin.to_dense(&self.device)?));
                 if let Some(b) = &lin.bias {
                     out.push((format!("{pre}.{}.bias", p.module_path()), b.clone()));
                 }
@@ -593,7 +712,7 @@ impl Model {
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.clone()));
         }
-        out
+        Ok(out)
     }
 
     /// Turns every weight into a trainable [`Var`] (full fine-tuning), in the order and
@@ -621,7 +740,7 @@ impl Model {
             }
             for p in Proj::ALL {
                 let lin = &mut l.proj[p as usize];
-                conv(format!("{pre}.{}.weight", p.module_path()), &mut lin.weight)?;
+                conv(format!("{pre}.{}.weight", p.module_path()), lin.dense_weight_mut()?)?;
                 if let Some(b) = &mut lin.bias {
                     conv(format!("{pre}.{}.bias", p.module_path()), b)?;
                 }
@@ -656,7 +775,7 @@ impl Model {
         };
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let mut tensors = Vec::new();
-        for (k, t) in self.named_tensors() {
+        for (k, t) in self.named_tensors()? {
             tensors.push((k, t.to_dtype(save_dtype)?));
         }
         io::write_safetensors(&dir.join("model.safetensors"), tensors)?;
@@ -759,19 +878,23 @@ impl Model {
                 } else {
                     (pair.a.as_tensor().clone(), pair.b.as_tensor().clone())
                 };
-                Ok(lora_linear(x, &lin.weight, lin.bias.as_ref(), &a, &b, ad.scale(), mask.as_ref())?)
+                Ok(lora_linear(x, lin.dense_weight()?, lin.bias.as_ref(), &a, &b, ad.scale(), mask.as_ref())?)
             }
             (train, pair) => {
-                let mut y = if train && lin.weight.is_variable() {
-                    plain_linear(x, &lin.weight)? // full fine-tuning: dW too
-                } else if train {
-                    frozen_linear(x, &lin.weight)?
+                let mut y = if train {
+                    let w = lin.dense_weight()?;
+                    let y = if w.is_variable() {
+                        plain_linear(x, w)? // full fine-tuning: dW too
+                    } else {
+                        frozen_linear(x, w)?
+                    };
+                    match &lin.bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
                 } else {
-                    plain_linear(x, &lin.weight)?
+                    lin.forward(x)?
                 };
-                if let Some(b) = &lin.bias {
-                    y = y.broadcast_add(b)?;
-                }
                 if let Some((ad, pair)) = pair {
                     // Inference: detached adapter weights, so no graph is built through
                     // the KV cache; the scale is applied to the rank-r intermediate.
@@ -1085,7 +1208,7 @@ impl Model {
         lora: Option<&LoraAdapter>,
     ) -> Result<Tensor> {
         let h = self.infer_hidden(input_ids, cache, lora)?;
-        Ok(plain_linear(&h, self.lm_head_weight())?)
+        self.logits(&h)
     }
 
     /// Like [`Model::forward`] but only computes the last position's logits: `[B, vocab]`.
@@ -1098,7 +1221,15 @@ impl Model {
         let h = self.infer_hidden(input_ids, cache, lora)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
-        Ok(plain_linear(&last, self.lm_head_weight())?)
+        self.logits(&last)
+    }
+
+    /// Inference logits of final hidden states `[.., hidden]` (quantized head if any).
+    pub(crate) fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(match &self.quant_head {
+            Some(q) => q.forward(h)?,
+            None => crate::ops::infer_linear(h, self.lm_head_weight())?,
+        })
     }
 }
 

@@ -107,6 +107,15 @@ pub fn plain_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape(out_dims)
 }
 
+/// Inference `x W^T` (no autograd): decode-sized inputs take the skinny kernel of
+/// [`crate::gemv`], everything else [`plain_linear`].
+pub fn infer_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    match crate::gemv::skinny_linear(x, w)? {
+        Some(y) => Ok(y),
+        None => plain_linear(x, w),
+    }
+}
+
 /// Numerically stable softmax over the last dim built from differentiable ops.
 pub fn softmax_diff(x: &Tensor) -> candle_core::Result<Tensor> {
     // The max shift does not change the value and its gradient is zero, so it is detached.

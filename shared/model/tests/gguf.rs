@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
-use fc_model::{export_gguf, init_tiny_with, GgufDType, Model, QuantizedModel, TinySpec};
+use fc_model::{export_gguf, init_tiny_with, GgufDType, Model, TinySpec};
 use std::path::Path;
 
 fn texts() -> Vec<String> {
@@ -43,8 +43,9 @@ fn tiny_dir(
     let mut m = init_tiny_with(&texts(), seed, dir, &spec).unwrap();
     for (li, l) in m.layers.iter_mut().enumerate() {
         for p in l.proj.iter_mut() {
-            let fan_in = p.weight.dim(1).unwrap() as f64;
-            p.weight = p.weight.affine(1.0 / (0.02 * fan_in.sqrt()), 0.0).unwrap();
+            let w = p.dense_weight().unwrap();
+            let fan_in = w.dim(1).unwrap() as f64;
+            p.weight = fc_model::Weight::Dense(w.affine(1.0 / (0.02 * fan_in.sqrt()), 0.0).unwrap());
         }
         // Non-trivial norm weights so a swapped norm tensor would show.
         let ramp = |n: usize, k: f32| {
@@ -90,7 +91,7 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 
 /// Prefill + 6 decode steps on both models; returns (max |Δlogit|, logit std,
 /// fraction of equal greedy tokens along the reference's greedy path).
-fn compare(model: &Model, q: &QuantizedModel, batch: usize) -> (f32, f32, f32) {
+fn compare(model: &Model, q: &Model, batch: usize) -> (f32, f32, f32) {
     let vocab = model.config.vocab_size;
     let p: Vec<u32> = (0..batch)
         .flat_map(|b| prompt(12 + b, vocab)[b..].to_vec())
@@ -99,7 +100,7 @@ fn compare(model: &Model, q: &QuantizedModel, batch: usize) -> (f32, f32, f32) {
     let mut c1 = model.new_cache();
     let mut c2 = q.new_cache();
     let a = model.forward(&ids, &mut c1, None).unwrap();
-    let b = q.forward(&ids, &mut c2).unwrap();
+    let b = q.forward(&ids, &mut c2, None).unwrap();
     let mut maxd = max_abs_diff(&a, &b);
     let std = a
         .flatten_all()
@@ -125,7 +126,7 @@ fn compare(model: &Model, q: &QuantizedModel, batch: usize) -> (f32, f32, f32) {
         // Teacher-force the reference's token into both so the paths stay comparable.
         let x = next.reshape((batch, 1)).unwrap();
         last = model.forward_last(&x, &mut c1, None).unwrap();
-        last_q = q.forward_last(&x, &mut c2).unwrap();
+        last_q = q.forward_last(&x, &mut c2, None).unwrap();
         maxd = maxd.max(max_abs_diff(&last, &last_q));
     }
     (maxd, std, same as f32 / total as f32)
@@ -139,7 +140,7 @@ fn f32_round_trip_matches_safetensors_model() {
         let out = dir.path().join("model-f32.gguf");
         let ex = export_gguf(&model, dir.path(), &out, GgufDType::F32).unwrap();
         assert!(ex.fallbacks.is_empty(), "{:?}", ex.fallbacks);
-        let q = QuantizedModel::load_gguf(&out, &Device::Cpu).unwrap();
+        let q = Model::load_gguf(&out, &Device::Cpu).unwrap();
         assert_eq!(q.config.tie_word_embeddings, tied);
         for batch in [1, 2] {
             let (d, std, same) = compare(&model, &q, batch);
@@ -164,7 +165,7 @@ fn quantized_gguf_stays_close() {
         let out = dir.path().join(format!("model-{dt:?}.gguf"));
         let ex = export_gguf(&model, dir.path(), &out, dt).unwrap();
         assert!(ex.fallbacks.is_empty(), "{:?}", ex.fallbacks);
-        let q = QuantizedModel::load_gguf(&out, &Device::Cpu).unwrap();
+        let q = Model::load_gguf(&out, &Device::Cpu).unwrap();
         let (d, std, same) = compare(&model, &q, 1);
         println!(
             "{dt:?}: {} bytes, max diff {d:.3} (logit std {std:.2}, rel {:.3}), greedy agree {same}",
@@ -174,11 +175,21 @@ fn quantized_gguf_stays_close() {
         assert!(d / std < max_rel, "{dt:?}: max diff {d} vs logit std {std}");
         assert!(same >= min_agree, "{dt:?}: greedy agreement {same}");
         // In-memory quantization takes the same path as the file.
-        let qm = QuantizedModel::from_model(&model, dt, &Device::Cpu).unwrap();
+        let qm = model.quantize(dt).unwrap();
         let ids = Tensor::new(&[[3u32, 9, 27, 81]], &Device::Cpu).unwrap();
-        let a = q.forward(&ids, &mut q.new_cache()).unwrap();
-        let b = qm.forward(&ids, &mut qm.new_cache()).unwrap();
+        let a = q.forward(&ids, &mut q.new_cache(), None).unwrap();
+        let b = qm.forward(&ids, &mut qm.new_cache(), None).unwrap();
         assert!(max_abs_diff(&a, &b) < 1e-5);
+        // Quantized weights are inference-only: training says so instead of running.
+        let batch = fc_model::TokenBatch::right_padded(&[vec![3, 9, 27, 81]], 0).unwrap();
+        let err = qm.train_logprobs(&batch, None, None, 64).unwrap_err();
+        assert!(err.to_string().contains("inference-only"), "{err}");
+        // Saved as HF, the quantized model is its dequantized weights.
+        let hf = dir.path().join(format!("hf-{dt:?}"));
+        qm.save_hf(&hf, DType::F32, Some(dir.path())).unwrap();
+        let back = Model::load(&hf, &Device::Cpu, DType::F32).unwrap();
+        let c = back.forward(&ids, &mut back.new_cache(), None).unwrap();
+        assert!(max_abs_diff(&b, &c) < 0.05 * std, "{dt:?}: dequantized save differs");
     }
 }
 
@@ -328,8 +339,8 @@ fn bad_inputs_are_errors() {
     // Not a GGUF file.
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"definitely not gguf").unwrap();
-    assert!(QuantizedModel::load_gguf(&junk, &Device::Cpu).is_err());
-    assert!(QuantizedModel::load_gguf(&dir.path().join("missing.gguf"), &Device::Cpu).is_err());
+    assert!(Model::load_gguf(&junk, &Device::Cpu).is_err());
+    assert!(Model::load_gguf(&dir.path().join("missing.gguf"), &Device::Cpu).is_err());
     // Truncated file.
     let model = tiny_dir(dir.path(), 64, 128, 16, true, 9);
     let out = dir.path().join("t.gguf");
@@ -337,7 +348,7 @@ fn bad_inputs_are_errors() {
     let bytes = std::fs::read(&out).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
-    assert!(QuantizedModel::load_gguf(&cut, &Device::Cpu).is_err());
+    assert!(Model::load_gguf(&cut, &Device::Cpu).is_err());
     // Missing tokenizer.json.
     let empty = tempfile::tempdir().unwrap();
     assert!(export_gguf(
@@ -348,7 +359,7 @@ fn bad_inputs_are_errors() {
     )
     .is_err());
     // Out-of-range token id.
-    let q = QuantizedModel::load_gguf(&out, &Device::Cpu).unwrap();
+    let q = Model::load_gguf(&out, &Device::Cpu).unwrap();
     let ids = Tensor::new(&[[100_000u32]], &Device::Cpu).unwrap();
-    assert!(q.forward(&ids, &mut q.new_cache()).is_err());
+    assert!(q.forward(&ids, &mut q.new_cache(), None).is_err());
 }

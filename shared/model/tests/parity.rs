@@ -148,7 +148,7 @@ fn save_hf_roundtrip_f32_bf16_and_sharded() {
     let ds = tmp.path().join("sharded");
     std::fs::create_dir_all(&ds).unwrap();
     std::fs::copy(src.join("config.json"), ds.join("config.json")).unwrap();
-    let named = model.named_tensors();
+    let named = model.named_tensors().unwrap();
     let (a, b) = named.split_at(named.len() / 2);
     let mut map = serde_json::Map::new();
     for (file, part) in [

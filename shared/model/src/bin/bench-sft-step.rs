@@ -294,14 +294,14 @@ fn decode_bench(model: &Model, ad: &LoraAdapter, steps: usize) -> fc_model::Resu
     }
     let dense = steps as f64 / t.elapsed().as_secs_f64();
     let merged = model.merge_lora(ad)?;
-    let q = fc_model::QuantizedModel::from_model(&merged, fc_model::GgufDType::Q8_0, &dev)?;
+    let q = merged.quantize(fc_model::GgufDType::Q8_0)?;
     drop(merged);
     let mut qc = q.new_cache();
-    q.forward_last(&p, &mut qc)?;
+    q.forward_last(&p, &mut qc, None)?;
     let t = Instant::now();
     for i in 0..steps as u32 {
         let x = Tensor::from_slice(&[i + 10], (1, 1), &dev)?;
-        q.forward_last(&x, &mut qc)?;
+        q.forward_last(&x, &mut qc, None)?;
     }
     let q8 = steps as f64 / t.elapsed().as_secs_f64();
     println!("decode (batch 1, after a 32-token prompt): dense f32 + LoRA {dense:.1} tok/s, Q8_0 merged {q8:.1} tok/s");

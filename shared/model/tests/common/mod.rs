@@ -48,8 +48,9 @@ pub fn tiny_model(dtype: DType, seed: u64) -> Model {
     // Larger-than-default weights so gradients are not vanishingly small.
     for l in m.layers.iter_mut() {
         for p in l.proj.iter_mut() {
-            let fan_in = p.weight.dim(1).unwrap() as f64;
-            p.weight = p.weight.affine(1.0 / (0.02 * fan_in.sqrt()), 0.0).unwrap();
+            let w = p.dense_weight().unwrap();
+            let fan_in = w.dim(1).unwrap() as f64;
+            p.weight = fc_model::Weight::Dense(w.affine(1.0 / (0.02 * fan_in.sqrt()), 0.0).unwrap());
         }
     }
     m.embed_tokens = m.embed_tokens.affine(50.0, 0.0).unwrap();

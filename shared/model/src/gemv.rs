@@ -1,0 +1,292 @@
+//! Skinny f32 matmul for decoding: `y = x W^T` where `x` has a few rows (one per
+//! sequence of a decode batch) and `W` is a large `[out, in]` weight.
+//!
+//! Why not the general GEMM: a decode step is bound by reading every weight once, and a
+//! general GEMM tuned for square blocks packs the weight before multiplying, which
+//! costs more than the multiply at one row. Here each weight row is streamed once and
+//! dotted with all rows of `x` while it sits in L1, so a batch of 8 costs little more
+//! memory traffic than a batch of 1. Output columns are split across the rayon pool.
+//! The dot products use AVX2+FMA when the CPU has them (checked at run time, so the
+//! binary stays portable) and a plain loop the compiler vectorizes otherwise. Each row's
+//! result does not depend on which other rows are in the batch.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Most rows of `x` this path takes; taller inputs (prefill) go to the GEMM.
+pub const MAX_ROWS: usize = 16;
+
+/// Output columns per rayon task (64 weight rows: 256 KiB at in = 1024).
+const COLS_PER_TASK: usize = 64;
+
+/// `x [.., k] · w[n, k]^T` by the skinny kernel when it applies (CPU, f32, contiguous
+/// weight, at most [`MAX_ROWS`] rows); `None` otherwise.
+pub fn skinny_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let m = x.elem_count() / k.max(1);
+    if m == 0 || m > MAX_ROWS {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(xc), Storage::Cpu(wc)) = (&*xs, &*ws) else {
+        return Ok(None);
+    };
+    let xv = &xc.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
+    let wv = &wc.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + n * k];
+    let y = matmul_rows(xv, m, wv, n, k);
+    drop((xs, ws));
+    let mut out_dims = dims[..dims.len() - 1].to_vec();
+    out_dims.push(n);
+    Tensor::from_vec(y, out_dims, &Device::Cpu).map(Some)
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]^T`.
+pub fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    // Column-major result (`yt[j * m + r]`) so each task writes one contiguous run.
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(COLS_PER_TASK * m).enumerate().for_each(|(t, out)| {
+        let j0 = t * COLS_PER_TASK;
+        let cols = out.len() / m;
+        col_dots(&w[j0 * k..(j0 + cols) * k], x, k, m, out);
+    });
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; m * n];
+    for j in 0..n {
+        for r in 0..m {
+            y[r * n + j] = yt[j * m + r];
+        }
+    }
+    y
+}
+
+/// `out[c * m + r] = dot(x[r], w[c])` for the weight rows `w` (`cols x k`) and every row
+/// `r` of `x`.
+fn col_dots(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above); `w` holds
+        // `out.len() / m` rows of `k` and `x` holds `m` rows of `k`.
+        unsafe { avx2::col_dots(w, x, k, m, out) };
+        return;
+    }
+    for (c, dst) in out.chunks_mut(m).enumerate() {
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = dot_portable(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+        }
+    }
+}
+
+/// `dot(a, b)` over the shorter length, with the same kernels.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let k = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; both slices hold at least `k` floats.
+        return unsafe { avx2::dot(a.as_ptr(), b.as_ptr(), k) };
+    }
+    dot_portable(&a[..k], &b[..k])
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Eight independent partial sums, which the compiler turns into vector lanes.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// A `C` weight rows x `R` input rows tile: every load of a weight chunk feeds `R`
+    /// FMAs and every load of an input chunk feeds `C`. Each output sums in two chains
+    /// over 16-float steps, exactly like [`single`], so a sequence's result is the same
+    /// bits whatever else is in the batch.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const C: usize, const R: usize>(w: *const f32, x: *const f32, k: usize, m: usize, out: *mut f32) {
+        let mut a0 = [[_mm256_setzero_ps(); R]; C];
+        let mut a1 = [[_mm256_setzero_ps(); R]; C];
+        let mut i = 0;
+        while i + 16 <= k {
+            let mut w0 = [_mm256_setzero_ps(); C];
+            let mut w1 = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                w0[c] = _mm256_loadu_ps(w.add(c * k + i));
+                w1[c] = _mm256_loadu_ps(w.add(c * k + i + 8));
+            }
+            for r in 0..R {
+                let x0 = _mm256_loadu_ps(x.add(r * k + i));
+                let x1 = _mm256_loadu_ps(x.add(r * k + i + 8));
+                for c in 0..C {
+                    a0[c][r] = _mm256_fmadd_ps(x0, w0[c], a0[c][r]);
+                    a1[c][r] = _mm256_fmadd_ps(x1, w1[c], a1[c][r]);
+                }
+            }
+            i += 16;
+        }
+        for c in 0..C {
+            for r in 0..R {
+                *out.add(c * m + r) = finish(a0[c][r], a1[c][r], x.add(r * k), w.add(c * k), i, k);
+            }
+        }
+    }
+
+    /// Sum of the two chains plus the scalar tail `i..k`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn finish(a0: __m256, a1: __m256, x: *const f32, w: *const f32, mut i: usize, k: usize) -> f32 {
+        let mut a0 = a0;
+        if i + 8 <= k {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(w.add(i)), a0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        for t in i..k {
+            s += *x.add(t) * *w.add(t);
+        }
+        s
+    }
+
+    /// One input row against one weight row: the `C = R = 1` tile.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn single(w: *const f32, x: *const f32, k: usize) -> f32 {
+        let mut out = 0f32;
+        tile::<1, 1>(w, x, k, 1, &mut out);
+        out
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; `a` and `b` hold `k` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: *const f32, b: *const f32, k: usize) -> f32 {
+        single(a, b, k)
+    }
+
+    /// Rows of `x` in pairs against weight rows `c0..c0 + C` (a 2 x 2 tile keeps its
+    /// 8 accumulators and 4 weight chunks in the 16 AVX2 registers).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const C: usize>(w: *const f32, x: *const f32, k: usize, m: usize, out: *mut f32) {
+        let mut r0 = 0;
+        while r0 < m {
+            let (xr, o) = (x.add(r0 * k), out.add(r0));
+            if m - r0 >= 2 {
+                tile::<C, 2>(w, xr, k, m, o);
+            } else {
+                tile::<C, 1>(w, xr, k, m, o);
+            }
+            r0 += 2;
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w` holds `out.len() / m` rows of `k` floats
+    /// and `x` holds `m` rows of `k`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn col_dots(w: &[f32], x: &[f32], k: usize, m: usize, out: &mut [f32]) {
+        let cols = out.len() / m;
+        debug_assert!(w.len() >= cols * k && x.len() >= m * k);
+        let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        if m == 1 {
+            for c in 0..cols {
+                *op.add(c) = single(wp.add(c * k), xp, k);
+            }
+            return;
+        }
+        let mut c0 = 0;
+        while c0 < cols {
+            let (wc, oc) = (wp.add(c0 * k), op.add(c0 * m));
+            if cols - c0 >= 2 {
+                rows::<2>(wc, xp, k, m, oc);
+            } else {
+                rows::<1>(wc, xp, k, m, oc);
+            }
+            c0 += 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                y[r * n + j] = (0..k).map(|t| x[r * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_a_plain_matmul_for_every_row_count_and_odd_sizes() {
+        for (m, n, k) in [(1, 130, 37), (2, 64, 64), (3, 65, 100), (5, 200, 1024), (8, 129, 48), (16, 70, 33)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let got = matmul_rows(&x, m, &w, n, k);
+            let want = reference(&x, m, &w, n, k);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "m={m} n={n} k={k}: {a} vs {b}");
+            }
+            // A row's result does not depend on the rest of the batch (same bits).
+            for r in [0, m - 1] {
+                let alone = matmul_rows(&x[r * k..(r + 1) * k], 1, &w, n, k);
+                assert_eq!(&got[r * n..(r + 1) * n], &alone[..], "m={m} row {r}");
+            }
+            for (j, &y) in got[..n].iter().enumerate() {
+                assert_eq!(y, dot(&x[..k], &w[j * k..(j + 1) * k]), "dot agrees, column {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_entry_point_checks_what_it_takes() {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((3, 4)).unwrap();
+        let x = Tensor::ones((1, 2, 4), DType::F32, &dev).unwrap();
+        let y = skinny_linear(&x, &w).unwrap().expect("taken");
+        assert_eq!(y.dims(), &[1, 2, 3]);
+        assert_eq!(y.to_vec3::<f32>().unwrap()[0][1], vec![6.0, 22.0, 38.0]);
+        let tall = Tensor::ones((MAX_ROWS + 1, 4), DType::F32, &dev).unwrap();
+        assert!(skinny_linear(&tall, &w).unwrap().is_none());
+        assert!(skinny_linear(&x, &w.t().unwrap()).unwrap().is_none(), "transposed weight");
+    }
+}
