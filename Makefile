@@ -14,7 +14,7 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --lib --bins --tests
 
-## bench: benchmarks with their peers side by side in the same run (bus, rewards, SFT step)
+## bench: benchmarks with their peers side by side in the same run (bus, rewards, SFT step, engine)
 bench: deps
 	bash scripts/bench/run_all.sh
 

@@ -31,3 +31,15 @@ for cfg in "--tiny --full --seq 512 --batch 8 --steps 12" "--tiny --rank 64 --se
   ./target/release/bench-sft-step $cfg 2>/dev/null | tail -1 | tee -a "$out/sft.txt"
   python3 scripts/bench/sft_step_torch.py $cfg 2>/dev/null | tail -1 | tee -a "$out/sft.txt"
 done
+
+echo; echo "== engine: Qwen3-0.6B-shaped random model through the engine (prefill 512, decode batch 1 and 8-way), f32 and Q8_0,"
+echo "   side by side with PyTorch transformers (same safetensors) and llama.cpp (same weights as GGUF), same thread count"
+python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q llama-cpp-python
+cargo build --release -q -p fc-engine --bin bench-engine
+m="$out/qwen3-0.6b-random"
+tok=${FC_QWEN3_TOKENIZER:-../shared/qwen3-tokenizer}
+[ -f "$m/model-f32.gguf" ] || ./target/release/bench-engine --write "$m" --tokenizer "$tok"
+# llama.cpp's own quantizer makes the Q8_0 file both engines load.
+[ -f "$m/model-q8_0.gguf" ] || python3 scripts/bench/engine_peers.py --quantize "$m/model-f32.gguf" "$m/model-q8_0.gguf" 2>/dev/null
+./target/release/bench-engine --bench "$m" --q8 "$m/model-q8_0.gguf" | tee "$out/engine.txt"
+python3 scripts/bench/engine_peers.py --hf "$m" --gguf "$m/model-f32.gguf" --q8 "$m/model-q8_0.gguf" 2>/dev/null | tee -a "$out/engine.txt"

@@ -1,0 +1,261 @@
+//! Inference speed of the engine on a Qwen3-0.6B-shaped random model: 512-token prefill,
+//! batch-1 decode and aggregate decode of 8 concurrent sequences, dense f32 and GGUF
+//! Q8_0, with decode as a fraction of the memory roofline measured in the same run.
+//!
+//! ```text
+//! bench-engine --write DIR [--tokenizer ../shared/qwen3-tokenizer] [--layers 28]
+//!     writes DIR (HF safetensors, f32, with the tokenizer files) and DIR/model-f32.gguf
+//! bench-engine --bench DIR [--q8 FILE.gguf] [--prompt 512] [--decode 32] [--ways 8]
+//!     prints the markdown table (header + one row per weight type)
+//! ```
+//!
+//! Everything runs through [`fc_engine::Engine`] (the scheduler the gateway uses), with
+//! the prefix cache off so every prefill is computed. `scripts/bench/engine_peers.py`
+//! measures PyTorch transformers and llama.cpp on the same files the same way.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fc_engine::{Engine, EngineConfig, Event, Request, SamplingParams};
+use fc_model::{DType, Device, GgufDType, Model, ModelConfig};
+
+struct Args {
+    write: Option<PathBuf>,
+    bench: Option<PathBuf>,
+    q8: Option<PathBuf>,
+    tokenizer: PathBuf,
+    layers: usize,
+    prompt: usize,
+    decode: usize,
+    ways: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        write: None,
+        bench: None,
+        q8: None,
+        tokenizer: PathBuf::from("../shared/qwen3-tokenizer"),
+        layers: 28,
+        prompt: 512,
+        decode: 32,
+        ways: 8,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || val.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--write" => a.write = Some(val.into()),
+            "--bench" => a.bench = Some(val.into()),
+            "--q8" => a.q8 = Some(val.into()),
+            "--tokenizer" => a.tokenizer = val.into(),
+            "--layers" => a.layers = num()?,
+            "--prompt" => a.prompt = num()?,
+            "--decode" => a.decode = num()?,
+            "--ways" => a.ways = num()?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.write.is_none() && a.bench.is_none() {
+        return Err("one of --write or --bench is required".into());
+    }
+    if a.prompt == 0 || a.decode < 2 || a.ways == 0 {
+        return Err("--prompt, --ways > 0 and --decode >= 2".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "usage: bench-engine --write DIR [--tokenizer DIR] [--layers 28] | --bench DIR [--q8 FILE] [--prompt 512] [--decode 32] [--ways 8]"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn run(a: &Args) -> Result<(), BoxError> {
+    if std::env::var("FC_BENCH_KERNEL").is_ok() {
+        kernel_probe();
+        return Ok(());
+    }
+    if let Some(dir) = &a.write {
+        write_model(dir, &a.tokenizer, a.layers)?;
+    }
+    if let Some(dir) = &a.bench {
+        let bw = read_bandwidth();
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        println!("read bandwidth {:.1} GB/s ({threads} threads, 1 GiB, best of 5)", bw / 1e9);
+        println!("| impl | weights | threads | prefill {} tok/s | decode b1 tok/s | decode {}-way tok/s | {}-way / b1 | weight MiB read per token | b1 / roofline |", a.prompt, a.ways, a.ways);
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let tok = fc_chat::Tokenizer::from_dir(dir)?;
+        let dense = Model::load(dir, &Device::Cpu, DType::F32)?;
+        let row = measure(dense, tok.clone(), a)?;
+        print_row("f32", threads, bw, &row);
+        if let Some(q8) = &a.q8 {
+            let q = Model::load_gguf(q8, &Device::Cpu)?;
+            let row = measure(q, tok, a)?;
+            print_row("Q8_0 (GGUF)", threads, bw, &row);
+        }
+    }
+    Ok(())
+}
+
+fn write_model(dir: &Path, tokenizer: &Path, layers: usize) -> Result<(), BoxError> {
+    let cfg = ModelConfig::qwen3(151_936, 1024, 3072, layers, 16, 8, 128, true, 151_643, 151_645)?;
+    let t0 = Instant::now();
+    let model = Model::random(cfg, 0, &Device::Cpu, DType::F32)?;
+    model.save_hf(dir, DType::F32, Some(tokenizer))?;
+    drop(model);
+    let out = dir.join("model-f32.gguf");
+    fc_model::export_gguf_dir(dir, &out, GgufDType::F32)?;
+    eprintln!("wrote {} and {} in {:.1}s", dir.display(), out.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+struct Row {
+    prefill: f64,
+    decode1: f64,
+    decode_n: f64,
+    bytes_per_token: usize,
+}
+
+fn print_row(weights: &str, threads: usize, bw: f64, r: &Row) {
+    let roofline = bw / r.bytes_per_token as f64;
+    println!(
+        "| fcmesh engine | {weights} | {threads} | {:.1} | {:.2} | {:.2} | {:.1}x | {:.0} | {:.2} |",
+        r.prefill,
+        r.decode1,
+        r.decode_n,
+        r.decode_n / r.decode1,
+        r.bytes_per_token as f64 / (1 << 20) as f64,
+        r.decode1 / roofline
+    );
+}
+
+/// Pseudo-random ids below Qwen3's first special token.
+fn prompt(len: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % 151_643) as u32
+        })
+        .collect()
+}
+
+fn measure(model: Model, tok: fc_chat::Tokenizer, a: &Args) -> Result<Row, BoxError> {
+    let bytes_per_token = model.decode_weight_bytes();
+    let config = EngineConfig {
+        max_batch: a.ways.max(8),
+        prefix_cache_entries: 0,
+        max_prefill_tokens_per_step: a.prompt,
+        ..Default::default()
+    };
+    let engine = Engine::start(model, tok, config)?;
+    let params = |max_tokens| SamplingParams {
+        max_tokens,
+        stop_at_eos: false,
+        ..SamplingParams::greedy(max_tokens)
+    };
+    // Prefill: time to the first (only) token of a fresh prompt, best of 2.
+    let mut prefill = 0.0f64;
+    for i in 0..2 {
+        let t = Instant::now();
+        engine.generate_blocking(Request::new(prompt(a.prompt, 100 + i), params(1)))?;
+        prefill = prefill.max(a.prompt as f64 / t.elapsed().as_secs_f64());
+    }
+    let decode1 = decode_rate(&engine, 1, a.decode, &params(a.decode + 1))?;
+    let decode_n = decode_rate(&engine, a.ways, a.decode, &params(a.decode + 1))?;
+    engine.shutdown();
+    Ok(Row { prefill, decode1, decode_n, bytes_per_token })
+}
+
+/// Aggregate tokens/s of `ways` sequences (32-token prompts) decoding together, counted
+/// from the moment the last one has its first token (all prefills done) to the end.
+fn decode_rate(engine: &fc_engine::EngineHandle, ways: usize, decode: usize, params: &SamplingParams) -> Result<f64, BoxError> {
+    let mut rxs = Vec::with_capacity(ways);
+    for i in 0..ways {
+        rxs.push(engine.submit(Request::new(prompt(32, 1000 + i as u64), params.clone()))?);
+    }
+    let stamps: Vec<Vec<Instant>> = std::thread::scope(|s| {
+        let hs: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| {
+                s.spawn(move || {
+                    let mut ts = Vec::with_capacity(decode + 1);
+                    while let Some(ev) = rx.blocking_recv() {
+                        match ev {
+                            Event::Token { .. } => ts.push(Instant::now()),
+                            Event::Finished { .. } | Event::Error { .. } => break,
+                        }
+                    }
+                    ts
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let start = stamps.iter().filter_map(|t| t.first()).max().ok_or("no tokens")?;
+    let end = stamps.iter().filter_map(|t| t.last()).max().ok_or("no tokens")?;
+    let tokens = stamps.iter().flatten().filter(|t| *t > start).count();
+    let secs = end.duration_since(*start).as_secs_f64();
+    if tokens == 0 || secs <= 0.0 {
+        return Err("decode produced no timed tokens".into());
+    }
+    Ok(tokens as f64 / secs)
+}
+
+/// Bytes/s the cores can stream from memory: every thread reads its part of a 1 GiB
+/// buffer with the decode kernel's vector loads (a dot product of the part with itself:
+/// one read stream), best of 5.
+fn read_bandwidth() -> f64 {
+    let n = (1usize << 30) / 4;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 1e-3).collect();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = n.div_ceil(threads);
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || fc_model::gemv::dot(c, c))).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// `FC_BENCH_KERNEL=1`: GB/s of the skinny f32 kernel alone on the decode shapes.
+fn kernel_probe() {
+    for (n, k) in [(151_936usize, 1024usize), (3072, 1024), (1024, 3072), (2048, 1024)] {
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        for m in [1usize, 8] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let reps = (2_000_000_000 / (n * k * 4)).max(3);
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, &w, n, k));
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!("n {n} k {k} m {m}: {:.2} ms, {:.1} GB/s", s * 1e3, (n * k * 4) as f64 / s / 1e9);
+        }
+    }
+}
