@@ -35,7 +35,7 @@ done
 echo; echo "== engine: Qwen3-0.6B-shaped random model through the engine (prefill 512, decode batch 1 and 8-way), f32 and Q8_0,"
 echo "   side by side with PyTorch transformers (same safetensors) and llama.cpp (same weights as GGUF), same thread count"
 python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q llama-cpp-python
-cargo build --release -q -p fc-engine --bin bench-engine
+cargo build --release -q -p fc-engine --features mimalloc --bin bench-engine
 m="$out/qwen3-0.6b-random"
 tok=${FC_QWEN3_TOKENIZER:-../shared/qwen3-tokenizer}
 [ -f "$m/model-f32.gguf" ] || ./target/release/bench-engine --write "$m" --tokenizer "$tok"

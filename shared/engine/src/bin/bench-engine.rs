@@ -19,6 +19,11 @@ use std::time::Instant;
 use fc_engine::{Engine, EngineConfig, Event, Request, SamplingParams};
 use fc_model::{DType, Device, GgufDType, Model, ModelConfig};
 
+/// The services run on mimalloc (fc-runtime); measure the engine the same way.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     write: Option<PathBuf>,
     bench: Option<PathBuf>,
@@ -94,6 +99,9 @@ fn run(a: &Args) -> Result<(), BoxError> {
     if std::env::var("FC_BENCH_KERNEL").is_ok() {
         kernel_probe();
         return Ok(());
+    }
+    if let (Ok(_), Some(dir)) = (std::env::var("FC_BENCH_RAGGED"), &a.bench) {
+        return ragged_probe(dir, a.ways);
     }
     if let Some(dir) = &a.write {
         write_model(dir, &a.tokenizer, a.layers)?;
@@ -258,4 +266,31 @@ fn kernel_probe() {
             eprintln!("n {n} k {k} m {m}: {:.2} ms, {:.1} GB/s", s * 1e3, (n * k * 4) as f64 / s / 1e9);
         }
     }
+}
+
+/// `FC_BENCH_RAGGED=1`: the model's ragged forward alone (no engine), `ways` sequences.
+fn ragged_probe(dir: &Path, ways: usize) -> Result<(), BoxError> {
+    use fc_model::batch::{forward_ragged, KvMemory, RaggedInput, SeqKv};
+    let model = Model::load(dir, &Device::Cpu, DType::F32)?;
+    let mem = KvMemory::new();
+    for n in [1, ways] {
+        let mut caches: Vec<SeqKv> = (0..n).map(|_| SeqKv::new(&model, &mem)).collect();
+        let prompts: Vec<Vec<u32>> = (0..n).map(|i| prompt(32, 1000 + i as u64)).collect();
+        {
+            let mut inputs: Vec<RaggedInput> =
+                caches.iter_mut().zip(&prompts).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
+            forward_ragged(&model, None, &mut inputs)?;
+        }
+        let steps = 16;
+        let t = Instant::now();
+        for s in 0..steps {
+            let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 31 + i * 7 + 5) as u32]).collect();
+            let mut inputs: Vec<RaggedInput> =
+                caches.iter_mut().zip(&toks).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
+            forward_ragged(&model, None, &mut inputs)?;
+        }
+        let dt = t.elapsed().as_secs_f64() / steps as f64;
+        eprintln!("ragged forward, {n} sequences: {:.1} ms/step, {:.1} tok/s", dt * 1e3, n as f64 / dt);
+    }
+    Ok(())
 }
