@@ -178,10 +178,20 @@ impl Linear {
     /// Bytes of weight storage (what a decode step streams from memory).
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
-            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Dense(t) => tensor_bytes(t),
+            Weight::Quantized(q) => qmatmul_bytes(q),
         }
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+fn qmatmul_bytes(q: &QMatMul) -> usize {
+    match q {
+        QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
     }
 }
 
@@ -495,12 +505,8 @@ impl Model {
     pub fn decode_weight_bytes(&self) -> usize {
         let proj: usize = self.layers.iter().flat_map(|l| l.proj.iter()).map(Linear::weight_bytes).sum();
         let head = match &self.quant_head {
-            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
-            None => {
-                let w = self.lm_head_weight();
-                w.elem_count() * w.dtype().size_in_bytes()
-            }
+            Some(q) => qmatmul_bytes(q),
+            None => tensor_bytes(self.lm_head_weight()),
         };
         proj + head
     }

@@ -206,13 +206,12 @@ fn from_qtensors(config: ModelConfig, mut t: HashMap<String, QTensor>, device: &
     let norm = dense(&take("output_norm.weight", &[c.hidden_size])?)?;
     let embd = take("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
     let embed_tokens = dense(&embd)?;
-    let output = match t.remove("output.weight") {
-        Some(q) if q.shape().dims() != [c.vocab_size, c.hidden_size] => {
+    let output = t.remove("output.weight");
+    if let Some(q) = &output {
+        if q.shape().dims() != [c.vocab_size, c.hidden_size] {
             return Err(ModelError::Weight(format!("GGUF tensor `output.weight` has shape {:?}", q.shape().dims())));
         }
-        Some(q) => Some(q),
-        None => None,
-    };
+    }
     // The head: a separate `output.weight` or the (tied) embedding table; a quantized
     // one is read in its blocks, a float one is the dense weight.
     let (lm_head, quant_head) = match output {
