@@ -342,6 +342,24 @@ fn kv_slices<R>(t: &Tensor, f: impl FnOnce(&[f32], usize, usize, usize) -> R) ->
     Ok(Some(f(data, layout.start_offset(), strides[1], strides[2])))
 }
 
+/// Runs `f(data, offset, head_stride, position_stride, base, len)` on each KV segment in
+/// order, `base` being the segment's first position in the concatenated sequence; `false`
+/// when a segment is not a CPU f32 view (nothing more is visited).
+fn over_segments<'a>(
+    segs: impl Iterator<Item = &'a Tensor>,
+    mut f: impl FnMut(&[f32], usize, usize, usize, usize, usize),
+) -> Result<bool> {
+    let mut base = 0;
+    for t in segs {
+        let len = t.dim(2)?;
+        if kv_slices(t, |data, off, sh, sp| f(data, off, sh, sp, base, len))?.is_none() {
+            return Ok(false);
+        }
+        base += len;
+    }
+    Ok(true)
+}
+
 /// Attention of one new token (a decode step) on CPU f32, straight over the KV segments:
 /// dot products against every cached key, a softmax per query head, then the weighted sum
 /// of values. At one query row per head the general matmul's per-call setup costs more
@@ -368,23 +386,18 @@ fn decode_attention(
     let total: usize = segs.iter().map(|(k, _)| k.dim(2)).sum::<candle_core::Result<usize>>()?;
     // scores[h * total + p]
     let mut scores = vec![0f32; hq * total];
-    let mut base = 0;
-    for (k, _) in &segs {
-        let len = k.dim(2)?;
-        let done = kv_slices(k, |data, off, sh, sp| {
-            for h in 0..hq {
-                let qh = &qv[h * d..(h + 1) * d];
-                let kh = off + (h / n_rep) * sh;
-                for p in 0..len {
-                    let kp = &data[kh + p * sp..kh + p * sp + d];
-                    scores[h * total + base + p] = crate::gemv::dot(qh, kp) * scale as f32;
-                }
+    let keys_done = over_segments(segs.iter().map(|(k, _)| k), |data, off, sh, sp, base, len| {
+        for h in 0..hq {
+            let qh = &qv[h * d..(h + 1) * d];
+            let kh = off + (h / n_rep) * sh;
+            for p in 0..len {
+                let kp = &data[kh + p * sp..kh + p * sp + d];
+                scores[h * total + base + p] = crate::gemv::dot(qh, kp) * scale as f32;
             }
-        })?;
-        if done.is_none() {
-            return Ok(None);
         }
-        base += len;
+    })?;
+    if !keys_done {
+        return Ok(None);
     }
     for row in scores.chunks_mut(total) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -397,24 +410,19 @@ fn decode_attention(
         row.iter_mut().for_each(|x| *x *= inv);
     }
     let mut out = vec![0f32; hq * d];
-    let mut base = 0;
-    for (_, v) in &segs {
-        let len = v.dim(2)?;
-        let done = kv_slices(v, |data, off, sh, sp| {
-            for h in 0..hq {
-                let oh = &mut out[h * d..(h + 1) * d];
-                let vh = off + (h / n_rep) * sh;
-                for p in 0..len {
-                    let w = scores[h * total + base + p];
-                    let vp = &data[vh + p * sp..vh + p * sp + d];
-                    oh.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
-                }
+    let values_done = over_segments(segs.iter().map(|(_, v)| v), |data, off, sh, sp, base, len| {
+        for h in 0..hq {
+            let oh = &mut out[h * d..(h + 1) * d];
+            let vh = off + (h / n_rep) * sh;
+            for p in 0..len {
+                let w = scores[h * total + base + p];
+                let vp = &data[vh + p * sp..vh + p * sp + d];
+                oh.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
             }
-        })?;
-        if done.is_none() {
-            return Ok(None);
         }
-        base += len;
+    })?;
+    if !values_done {
+        return Ok(None);
     }
     Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), q.device())?))
 }
