@@ -179,3 +179,47 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// Overall metrics of `fcmesh eval --model MODEL` on the first `n` samples of `val`.
+fn eval_model(model: &Path, val: &Path, n: usize, out: &Path, d: &Path) -> serde_json::Value {
+    let n = n.to_string();
+    let args = ["eval", "--model", model.to_str().expect("p"), "--data", val.to_str().expect("p"), "--format", "processed"];
+    let (stdout, _) = fcmesh(&[&args[..], &["--max-samples", &n, "--out", out.to_str().expect("p")]].concat(), d);
+    json(&stdout)
+}
+
+/// The tiny preset learns the task from scratch on a small step budget: `fcmesh sft`
+/// with its default recipe lowers the validation loss, and on held-back samples the
+/// evaluator shows Parse Rate and Func Accuracy far above the untrained model's.
+#[test]
+fn sft_on_the_tiny_preset_learns_to_call_functions() {
+    const STEPS: &str = "800";
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let raw = d.join("raw.json");
+    fcmesh(&["gen-data", "--n", "2000", "--seed", "1", "--out", raw.to_str().expect("p")], d);
+    let data = d.join("data");
+    fcmesh(&["ingest", "--input", raw.to_str().expect("p"), "--out", data.to_str().expect("p")], d);
+    let model = d.join("tiny");
+    fcmesh(&["init-model", "--data", raw.to_str().expect("p"), "--out", model.to_str().expect("p")], d);
+    let val = data.join("val.jsonl");
+    let before = eval_model(&model, &val, 100, &d.join("eval-untrained"), d);
+
+    let out = d.join("sft");
+    let (stdout, _) = fcmesh(
+        &["sft", "--model", model.to_str().expect("p"), "--data", data.to_str().expect("p"), "--out", out.to_str().expect("p"), "--max-steps", STEPS],
+        d,
+    );
+    let r = json(&stdout);
+    let (first, last, val_loss) = (r["train_loss_first"].as_f64(), r["train_loss_last"].as_f64(), r["val_loss"].as_f64());
+    assert!(matches!((first, last, val_loss), (Some(f), Some(l), Some(v)) if l < f / 4.0 && v < 0.6), "{r}");
+    let after = eval_model(&out.join("model"), &val, 100, &d.join("eval-trained"), d);
+    let metric = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    eprintln!("untrained: {before}\ntrained: {after}");
+    // Measured with this seed and budget (~7.5 min on 2 cores): untrained Parse 0.06 /
+    // Func 0.00, trained 0.84 / 0.25 (batch 8 x 600 steps, ~10 min, reaches 0.87 / 0.40).
+    for (k, floor, gain) in [("parse_rate", 0.6, 0.4), ("func_accuracy", 0.15, 0.12)] {
+        let (b, a) = (metric(&before, k), metric(&after, k));
+        assert!(a >= floor && a >= b + gain, "{k}: untrained {b}, trained {a} (want >= {floor}, +{gain})");
+    }
+}

@@ -90,6 +90,11 @@ pub struct SftConfig {
     pub seed: u64,
     /// Loss on all tokens (true) or only on the assistant completion (false).
     pub train_on_prompt: bool,
+    /// With `train_on_prompt`: the weight of a prompt token's loss relative to a completion
+    /// token's (1.0: LLaMA-Factory's plain mean over all tokens). Tool schemas make up most
+    /// of a prompt, so at 1.0 they take most of the gradient; a small weight keeps the
+    /// language modelling of prompts while the completion, what is evaluated, leads.
+    pub prompt_loss_weight: f64,
     /// Overrides `epochs` when set (epochs repeat as needed).
     pub max_steps: Option<usize>,
     /// Validation loss every N optimizer steps (besides each epoch end and the end).
@@ -131,6 +136,7 @@ impl Default for SftConfig {
             max_grad_norm: 1.0,
             seed: 0,
             train_on_prompt: false,
+            prompt_loss_weight: 1.0,
             max_steps: None,
             eval_every: None,
             eval_each_epoch: true,
@@ -146,16 +152,27 @@ impl Default for SftConfig {
 impl SftConfig {
     /// Recipe for the fresh (random-init) tiny preset: every weight trained (LoRA over
     /// random weights barely learns), loss on all tokens (the model must learn the language
-    /// of the prompts too), a much higher learning rate, bigger batches.
+    /// of the prompts too) but with prompt tokens at a tenth of the weight, a much higher
+    /// learning rate, batches of 4.
+    ///
+    /// The prompt weight matters most: tool schemas are ~90% of a prompt, and at full weight
+    /// the model spends its first several hundred steps on them and answers every query with
+    /// the most frequent call. Measured on 2,000 generated records, 100 val samples, batch 8:
+    /// at 600 steps, weight 0.1 gives Parse 0.87 / Func 0.40 where weight 1.0 gave
+    /// 0.93 / 0.19 at 700 steps (PyTorch on the same data, weights and recipe: 0.93 / 0.47,
+    /// `scripts/eval/sft_quality_torch.py`); weight 0.03 learns slower than 0.1. At equal
+    /// tokens (~5 min here) batch 4 x 600 steps reached 0.74 / 0.15 against batch 8 x 300
+    /// steps' 0.46 / 0.03.
     pub fn tiny_from_scratch() -> Self {
         SftConfig {
             finetuning_type: FinetuningType::Full,
             lora_r: 64,
             lora_alpha: 128.0,
             lora_dropout: 0.0,
-            batch_size: 8,
+            batch_size: 4,
             learning_rate: 3e-3,
             train_on_prompt: true,
+            prompt_loss_weight: 0.1,
             ..Default::default()
         }
     }
@@ -182,6 +199,9 @@ impl SftConfig {
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(SftError::Config("learning_rate must be > 0".into()));
+        }
+        if !(self.prompt_loss_weight.is_finite() && (0.0..=1.0).contains(&self.prompt_loss_weight)) {
+            return Err(SftError::Config("prompt_loss_weight must be in 0..=1".into()));
         }
         if self.max_steps.is_none() && self.epochs == 0 {
             return Err(SftError::Config("epochs = 0 and no max_steps".into()));
@@ -212,6 +232,8 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// `label[i]`: token `i` is a loss target (predicted from positions `< i`).
     pub labels: Vec<bool>,
+    /// Index of the first completion token (tokens before it are the prompt).
+    pub completion_start: usize,
 }
 
 impl Example {
@@ -224,6 +246,15 @@ impl Example {
     /// Number of loss targets.
     pub fn num_targets(&self) -> usize {
         self.labels.iter().skip(1).filter(|&&l| l).count()
+    }
+    /// Loss weight of token `i`: 0 unless it is a target, `prompt_weight` for a prompt
+    /// target, 1 for a completion target.
+    pub fn target_weight(&self, i: usize, prompt_weight: f32) -> f32 {
+        match self.labels.get(i) {
+            Some(true) if i >= self.completion_start => 1.0,
+            Some(true) => prompt_weight,
+            _ => 0.0,
+        }
     }
 }
 
@@ -242,7 +273,7 @@ pub fn tokenize_sample(tok: &Tokenizer, s: &Sample, cutoff_len: usize, train_on_
     let mut labels: Vec<bool> = (0..ids.len()).map(|i| if train_on_prompt { i > 0 } else { i >= prompt_ids.len() }).collect();
     ids.truncate(cutoff_len);
     labels.truncate(cutoff_len);
-    Ok(Some(Example { ids, labels }))
+    Ok(Some(Example { ids, labels, completion_start: prompt_ids.len() }))
 }
 
 /// [`tokenize_sample`] over many samples, dropping those left with no loss target
@@ -290,19 +321,19 @@ pub fn total_steps(n_examples: usize, cfg: &SftConfig) -> usize {
     cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch(n_examples, cfg))
 }
 
-/// A padded batch and its `[B, T]` loss mask (1 where `targets[t]` is a label).
-fn make_batch(examples: &[&Example], pad_id: u32, device: &Device) -> Result<(TokenBatch, Tensor, usize)> {
+/// A padded batch, its `[B, T]` loss weights (position `p` weighs the loss of predicting
+/// token `p + 1`: see [`Example::target_weight`]) and their sum.
+fn make_batch(examples: &[&Example], prompt_weight: f32, pad_id: u32, device: &Device) -> Result<(TokenBatch, Tensor, f64)> {
     let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
     let b = TokenBatch::right_padded(&seqs, pad_id)?;
     let t = b.seq_len;
     let mut mask = vec![0f32; b.batch * t];
-    let mut n = 0;
+    let mut n = 0f64;
     for (r, e) in examples.iter().enumerate() {
         for p in 0..e.len().saturating_sub(1) {
-            if e.labels[p + 1] {
-                mask[r * t + p] = 1.0;
-                n += 1;
-            }
+            let w = e.target_weight(p + 1, prompt_weight);
+            mask[r * t + p] = w;
+            n += f64::from(w);
         }
     }
     let mask = Tensor::from_vec(mask, (b.batch, t), device)?;
@@ -317,19 +348,19 @@ fn real_tokens(b: &TokenBatch) -> usize {
 pub fn eval_loss(model: &Model, adapter: Option<&LoraAdapter>, examples: &[Example], batch_size: usize, chunk: usize, pad_id: u32) -> Result<f64> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].len());
-    let (mut sum, mut n) = (0f64, 0usize);
+    let (mut sum, mut n) = (0f64, 0f64);
     for c in order.chunks(batch_size.max(1)) {
         let ex: Vec<&Example> = c.iter().map(|&i| &examples[i]).collect();
-        let (b, mask, k) = make_batch(&ex, pad_id, model.device())?;
+        let (b, mask, k) = make_batch(&ex, 1.0, pad_id, model.device())?;
         let lp = model.eval_logprobs(&b, adapter, chunk)?;
         let s = lp.to_dtype(DType::F32)?.mul(&mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         sum -= s;
         n += k;
     }
-    if n == 0 {
+    if n == 0.0 {
         return Err(SftError::Config("no validation targets".into()));
     }
-    Ok(sum / n as f64)
+    Ok(sum / n)
 }
 
 /// Progress of one optimizer step.
@@ -720,11 +751,11 @@ pub fn train_with(
         let t0 = Instant::now();
         let lr = cfg.lr_at(state.step, total);
         opt.set_learning_rate(lr);
-        let built: Vec<(TokenBatch, Tensor, usize)> = group
+        let built: Vec<(TokenBatch, Tensor, f64)> = group
             .iter()
-            .map(|b| make_batch(&b.iter().map(|&i| &train_ex[i]).collect::<Vec<_>>(), pad, device))
+            .map(|b| make_batch(&b.iter().map(|&i| &train_ex[i]).collect::<Vec<_>>(), cfg.prompt_loss_weight as f32, pad, device))
             .collect::<Result<_>>()?;
-        let n_targets: usize = built.iter().map(|x| x.2).sum::<usize>().max(1);
+        let n_targets: f64 = built.iter().map(|x| x.2).sum::<f64>().max(1.0);
         let mut acc: Option<(candle_core::backprop::GradStore, Vec<Option<Tensor>>)> = None;
         let mut step_loss = 0f64;
         let mut step_tokens = 0usize;
@@ -732,7 +763,7 @@ pub fn train_with(
             step_tokens += real_tokens(b);
             let mut rng = micro_batch_rng(cfg.seed, state.data_position.batches_consumed + mi);
             let lp = model.train_logprobs(b, trainee.adapter(), Some(&mut rng), cfg.logprob_chunk)?;
-            let loss = lp.mul(&mask.to_dtype(lp.dtype())?)?.sum_all()?.neg()?.affine(1.0 / n_targets as f64, 0.0)?;
+            let loss = lp.mul(&mask.to_dtype(lp.dtype())?)?.sum_all()?.neg()?.affine(1.0 / n_targets, 0.0)?;
             step_loss += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let grads = loss.backward()?;
             acc = Some(match acc.take() {
@@ -859,6 +890,16 @@ mod tests {
         let grouped = pad(&epoch_batches(&lengths, 8, 16, 1, 0));
         let plain = pad(&epoch_batches(&lengths, 8, 1, 1, 0));
         assert!(grouped * 3 < plain, "grouped {grouped} plain {plain}");
+    }
+
+    #[test]
+    fn prompt_loss_weight_is_a_fraction() {
+        for w in [-0.1, 1.5, f64::NAN] {
+            let c = SftConfig { prompt_loss_weight: w, ..Default::default() };
+            assert!(matches!(c.validate(), Err(SftError::Config(m)) if m.contains("prompt_loss_weight")), "{w}");
+        }
+        assert!(SftConfig { prompt_loss_weight: 0.0, ..Default::default() }.validate().is_ok());
+        assert!(SftConfig::tiny_from_scratch().validate().is_ok());
     }
 
     #[test]

@@ -50,6 +50,12 @@ fn assistant_only_mask_covers_exactly_the_completion() {
         assert_eq!(e.num_targets(), c.len());
         let all = tokenize_sample(&tok, x, 100_000, true).expect("tok").unwrap();
         assert_eq!(all.num_targets(), e.ids.len() - 1);
+        // prompt_loss_weight scales prompt targets only; the first token is never a target.
+        assert_eq!(all.completion_start, p.len());
+        assert_eq!(all.target_weight(0, 0.1), 0.0);
+        assert!((1..p.len()).all(|i| all.target_weight(i, 0.1) == 0.1));
+        assert!((p.len()..all.len()).all(|i| all.target_weight(i, 0.1) == 1.0 && e.target_weight(i, 0.1) == 1.0));
+        assert!((0..p.len()).all(|i| e.target_weight(i, 0.1) == 0.0));
         let cut = tokenize_sample(&tok, x, p.len() + 3, false).expect("tok").unwrap();
         assert_eq!(cut.ids.len(), p.len() + 3);
         assert_eq!(cut.num_targets(), 3);
