@@ -101,7 +101,7 @@ fn run(a: &Args) -> Result<(), BoxError> {
         return Ok(());
     }
     if let (Ok(_), Some(dir)) = (std::env::var("FC_BENCH_RAGGED"), &a.bench) {
-        return ragged_probe(dir, a.ways);
+        return ragged_probe(dir, a.q8.as_deref(), a.ways);
     }
     if let Some(dir) = &a.write {
         write_model(dir, &a.tokenizer, a.layers)?;
@@ -251,27 +251,35 @@ fn read_bandwidth() -> f64 {
     best
 }
 
-/// `FC_BENCH_KERNEL=1`: GB/s of the skinny f32 kernel alone on the decode shapes.
+/// `FC_BENCH_KERNEL=1`: GB/s of the skinny f32 kernel alone on the decode shapes, each
+/// streamed from memory as in a decode step (a ~512 MiB run of copies, walked in turn).
 fn kernel_probe() {
-    for (n, k) in [(151_936usize, 1024usize), (3072, 1024), (1024, 3072), (2048, 1024)] {
-        let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    for (n, k) in [(151_936usize, 1024usize), (2048, 1024), (1024, 1024), (1024, 2048), (3072, 1024), (1024, 3072)] {
+        let copies = ((512usize << 20) / (n * k * 4)).max(1);
+        let w: Vec<f32> = (0..copies * n * k).map(|i| (i % 13) as f32 * 0.01).collect();
         for m in [1usize, 8] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-            let reps = (2_000_000_000 / (n * k * 4)).max(3);
+            let reps = 3;
             let t = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, &w, n, k));
+                for c in w.chunks_exact(n * k) {
+                    std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, c, n, k));
+                }
             }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
-            eprintln!("n {n} k {k} m {m}: {:.2} ms, {:.1} GB/s", s * 1e3, (n * k * 4) as f64 / s / 1e9);
+            let s = t.elapsed().as_secs_f64() / (reps * copies) as f64;
+            eprintln!("n {n} k {k} m {m}: {:.3} ms, {:.1} GB/s", s * 1e3, (n * k * 4) as f64 / s / 1e9);
         }
     }
 }
 
-/// `FC_BENCH_RAGGED=1`: the model's ragged forward alone (no engine), `ways` sequences.
-fn ragged_probe(dir: &Path, ways: usize) -> Result<(), BoxError> {
+/// `FC_BENCH_RAGGED=1`: the model's ragged forward alone (no engine), `ways` sequences;
+/// the `--q8` file's model when one is given, else the dense one.
+fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxError> {
     use fc_model::batch::{forward_ragged, KvMemory, RaggedInput, SeqKv};
-    let model = Model::load(dir, &Device::Cpu, DType::F32)?;
+    let model = match q8 {
+        Some(f) => Model::load_gguf(f, &Device::Cpu)?,
+        None => Model::load(dir, &Device::Cpu, DType::F32)?,
+    };
     let mem = KvMemory::new();
     for n in [1, ways] {
         let mut caches: Vec<SeqKv> = (0..n).map(|_| SeqKv::new(&model, &mem)).collect();
