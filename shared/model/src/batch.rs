@@ -24,6 +24,7 @@ use crate::error::{ModelError, Result};
 use crate::lora::LoraAdapter;
 use crate::model::{Model, Proj};
 use crate::ops::{plain_linear, rms_norm_fused};
+use rayon::prelude::*;
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -427,13 +428,119 @@ fn decode_attention(
     Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), q.device())?))
 }
 
+/// What one sequence's attention reads in a layer: the projected `q`, `k`, `v` of the
+/// whole ragged batch (`[1, H, N, D]`), the layer, and the head layout.
+struct LayerQkv<'a> {
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    layer: usize,
+    /// Query heads, KV heads, head dim, query heads per KV head.
+    heads: (usize, usize, usize, usize),
+    scale: f64,
+}
+
+/// Appends one sequence's new keys and values (batch rows `a..a + t`) to its cache and
+/// returns its attention output `[1, t, Hq * D]`.
+fn attend_one(cache: &mut SeqKv, (a, t): (usize, usize), mask: &Option<Tensor>, l: &LayerQkv<'_>) -> Result<Tensor> {
+    let (q, k, v, i, scale) = (l.q, l.k, l.v, l.layer, l.scale);
+    let (hq, hkv, hd, n_rep) = l.heads;
+    let ks = k.narrow(2, a, t)?;
+    let vs = v.narrow(2, a, t)?;
+    let (k_own, v_own) = cache
+        .own
+        .append(i, &ks, &vs, cache.own_len, cache.own_limit)?;
+    if t == 1 {
+        if let Some(out) = decode_attention(&q.narrow(2, a, 1)?, &cache.prefix.segs, i, (&k_own, &v_own), n_rep, scale)? {
+            return Ok(out);
+        }
+    } else if cache.prefix.segs.is_empty() && crate::attn::supported(q) {
+        // A prompt chunk over the sequence's own positions only: the fused causal
+        // CPU attention of the training path (blocked, skips masked blocks, no
+        // repeated KV heads, no score matrix per head).
+        let qs = q.narrow(2, a, t)?.contiguous()?;
+        let mask = crate::attn::AttnMask { offset: cache.own_len, key_valid: None };
+        let (o, _) =
+            crate::attn::forward_tensors(&qs, &k_own, &v_own, &mask, scale as f32, crate::attn::AttnLayout::Bhtd)?;
+        return Ok(o.transpose(1, 2)?.reshape((1, t, hq * hd))?);
+    }
+    let qs = q
+        .narrow(2, a, t)?
+        .contiguous()?
+        .reshape((1, hkv, n_rep * t, hd))?;
+    // Scores against each shared segment (fully visible: all earlier positions),
+    // then against the private positions with the causal mask.
+    let mut parts: Vec<(Tensor, Tensor)> = Vec::new();
+    let mut scores: Vec<Tensor> = Vec::new();
+    for (seg, used) in &cache.prefix.segs {
+        let (kk, vv) = seg.view(i, *used)?;
+        scores.push(qs.matmul(&kk.t()?)?);
+        parts.push((kk, vv));
+    }
+    let l_own = k_own.dim(2)?;
+    let mut so = qs.matmul(&k_own.t()?)?;
+    if let Some(m) = mask {
+        so = so
+            .reshape((1, hkv, n_rep, t, l_own))?
+            .broadcast_add(m)?
+            .reshape((1, hkv, n_rep * t, l_own))?;
+    }
+    scores.push(so);
+    parts.push((k_own, v_own));
+    let sc = if scores.len() == 1 {
+        scores
+            .pop()
+            .ok_or_else(|| ModelError::Input("scores".into()))?
+    } else {
+        Tensor::cat(&scores, 3)?
+    };
+    let p = candle_nn::ops::softmax_last_dim(&sc.affine(scale, 0.0)?)?;
+    let out = if parts.len() == 1 {
+        p.matmul(&parts[0].1)?
+    } else {
+        let mut acc: Option<Tensor> = None;
+        let mut off = 0;
+        for (kk, vv) in &parts {
+            let len = kk.dim(2)?;
+            let o = p.narrow(3, off, len)?.contiguous()?.matmul(vv)?;
+            off += len;
+            acc = Some(match acc {
+                Some(a) => (a + o)?,
+                None => o,
+            });
+        }
+        acc.ok_or_else(|| ModelError::Input("attention parts".into()))?
+    };
+    Ok(out
+        .reshape((1, hq, t, hd))?
+        .transpose(1, 2)?
+        .reshape((1, t, hq * hd))?)
+}
+
 /// Runs all `seqs` through the model in one forward, appending their tokens to their
 /// caches, and returns the logits of each sequence's last token, `[S, vocab]`.
 ///
 /// Any mix of prefill chunks and single decode tokens is allowed. On error the caches'
 /// lengths are unchanged but their buffers may hold garbage past the end (harmless:
 /// positions beyond `len` are never read).
+///
+/// Called from outside the rayon pool (the engine's thread), the whole forward moves onto
+/// a pool worker first. A decode step makes ~200 parallel matmul calls of a few hundred
+/// microseconds each; from outside the pool each one is a cross-thread injection and a
+/// sleep/wake of the caller (tens of microseconds on a VM), from inside it is a push on
+/// the worker's own deque that an awake sibling steals.
 pub fn forward_ragged(
+    model: &Model,
+    lora: Option<&LoraAdapter>,
+    seqs: &mut [RaggedInput<'_>],
+) -> Result<Tensor> {
+    if rayon::current_thread_index().is_none() && model.device().is_cpu() {
+        return rayon::join(|| forward_ragged_in_pool(model, lora, seqs), || ()).0;
+    }
+    forward_ragged_in_pool(model, lora, seqs)
+}
+
+fn forward_ragged_in_pool(
     model: &Model,
     lora: Option<&LoraAdapter>,
     seqs: &mut [RaggedInput<'_>],
@@ -508,83 +615,22 @@ pub fn forward_ragged(
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        for ((s, &(a, t)), mask) in seqs.iter_mut().zip(&ranges).zip(&masks) {
-            let cache = &mut *s.cache;
-            let ks = k.narrow(2, a, t)?;
-            let vs = v.narrow(2, a, t)?;
-            let (k_own, v_own) = cache
-                .own
-                .append(i, &ks, &vs, cache.own_len, cache.own_limit)?;
-            if t == 1 {
-                if let Some(out) = decode_attention(&q.narrow(2, a, 1)?, &cache.prefix.segs, i, (&k_own, &v_own), n_rep, scale)? {
-                    outs.push(out);
-                    continue;
-                }
-            } else if cache.prefix.segs.is_empty() && crate::attn::supported(&q) {
-                // A prompt chunk over the sequence's own positions only: the fused causal
-                // CPU attention of the training path (blocked, skips masked blocks, no
-                // repeated KV heads, no score matrix per head).
-                let qs = q.narrow(2, a, t)?.contiguous()?;
-                let mask = crate::attn::AttnMask { offset: cache.own_len, key_valid: None };
-                let (o, _) =
-                    crate::attn::forward_tensors(&qs, &k_own, &v_own, &mask, scale as f32, crate::attn::AttnLayout::Bhtd)?;
-                outs.push(o.transpose(1, 2)?.reshape((1, t, hq * hd))?);
-                continue;
-            }
-            let qs = q
-                .narrow(2, a, t)?
-                .contiguous()?
-                .reshape((1, hkv, n_rep * t, hd))?;
-            // Scores against each shared segment (fully visible: all earlier positions),
-            // then against the private positions with the causal mask.
-            let mut parts: Vec<(Tensor, Tensor)> = Vec::new();
-            let mut scores: Vec<Tensor> = Vec::new();
-            for (seg, used) in &cache.prefix.segs {
-                let (kk, vv) = seg.view(i, *used)?;
-                scores.push(qs.matmul(&kk.t()?)?);
-                parts.push((kk, vv));
-            }
-            let l_own = k_own.dim(2)?;
-            let mut so = qs.matmul(&k_own.t()?)?;
-            if let Some(m) = mask {
-                so = so
-                    .reshape((1, hkv, n_rep, t, l_own))?
-                    .broadcast_add(m)?
-                    .reshape((1, hkv, n_rep * t, l_own))?;
-            }
-            scores.push(so);
-            parts.push((k_own, v_own));
-            let sc = if scores.len() == 1 {
-                scores
-                    .pop()
-                    .ok_or_else(|| ModelError::Input("scores".into()))?
-            } else {
-                Tensor::cat(&scores, 3)?
-            };
-            let p = candle_nn::ops::softmax_last_dim(&sc.affine(scale, 0.0)?)?;
-            let out = if parts.len() == 1 {
-                p.matmul(&parts[0].1)?
-            } else {
-                let mut acc: Option<Tensor> = None;
-                let mut off = 0;
-                for (kk, vv) in &parts {
-                    let len = kk.dim(2)?;
-                    let o = p.narrow(3, off, len)?.contiguous()?.matmul(vv)?;
-                    off += len;
-                    acc = Some(match acc {
-                        Some(a) => (a + o)?,
-                        None => o,
-                    });
-                }
-                acc.ok_or_else(|| ModelError::Input("attention parts".into()))?
-            };
-            outs.push(
-                out.reshape((1, hq, t, hd))?
-                    .transpose(1, 2)?
-                    .reshape((1, t, hq * hd))?,
-            );
-        }
+        let qkv = LayerQkv { q: &q, k: &k, v: &v, layer: i, heads: (hq, hkv, hd, n_rep), scale };
+        // Sequences attend independently (each to its own cache), so a batch of them
+        // spreads over the pool instead of running one after another on this thread.
+        let mut outs: Vec<Tensor> = if seqs.len() > 1 && dev.is_cpu() {
+            seqs.par_iter_mut()
+                .zip(ranges.par_iter())
+                .zip(masks.par_iter())
+                .map(|((s, &r), mask)| attend_one(s.cache, r, mask, &qkv))
+                .collect::<Result<_>>()?
+        } else {
+            seqs.iter_mut()
+                .zip(&ranges)
+                .zip(&masks)
+                .map(|((s, &r), mask)| attend_one(s.cache, r, mask, &qkv))
+                .collect::<Result<_>>()?
+        };
         let attn = if outs.len() == 1 {
             outs.pop().ok_or_else(|| ModelError::Input("outs".into()))?
         } else {

@@ -20,6 +20,7 @@ pub mod ops;
 pub mod optim;
 pub mod quantized;
 pub mod gemv;
+pub mod q8gemv;
 mod recompute;
 pub mod tiny;
 

@@ -19,8 +19,8 @@ use crate::ops::{
     attention, frozen_linear, lora_linear, plain_linear, repeat_kv, rms_norm_fused, rms_norm_train,
     rope_train, token_logprobs,
 };
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use crate::quantized::QWeight;
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -116,10 +116,11 @@ impl Proj {
 pub enum Weight {
     /// A dense tensor in the model's dtype: trainable, mergeable, saved as is.
     Dense(Tensor),
-    /// A GGUF block-quantized matrix (Q8_0, Q4_K, ...), read by candle's quantized
-    /// matmul, which quantizes the activations per block as llama.cpp does. Inference
-    /// only: training, merging and quantizing again refuse it with an error.
-    Quantized(QMatMul),
+    /// A GGUF block-quantized matrix (Q8_0, Q4_K, ...): Q8_0 on AVX-512 VNNI CPUs runs
+    /// our kernel ([`crate::q8gemv`]), everything else candle's quantized matmul. Both
+    /// quantize the activations per block as llama.cpp does. Inference only: training,
+    /// merging and quantizing again refuse it with an error.
+    Quantized(QWeight),
 }
 
 /// A frozen linear layer (`y = x W^T + b`).
@@ -158,8 +159,7 @@ impl Linear {
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
         match &self.weight {
             Weight::Dense(t) => Ok(t.clone()),
-            Weight::Quantized(QMatMul::QTensor(q)) => Ok(q.dequantize(device)?),
-            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.to_dtype(DType::F32)?),
+            Weight::Quantized(q) => q.dequantize(device),
         }
     }
 
@@ -179,20 +179,13 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             Weight::Dense(t) => tensor_bytes(t),
-            Weight::Quantized(q) => qmatmul_bytes(q),
+            Weight::Quantized(q) => q.storage_bytes(),
         }
     }
 }
 
 fn tensor_bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
-}
-
-fn qmatmul_bytes(q: &QMatMul) -> usize {
-    match q {
-        QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
-    }
 }
 
 fn quantized_only() -> ModelError {
@@ -443,7 +436,7 @@ pub struct Model {
     /// The output projection of a GGUF model with a quantized head (tied or not): used
     /// for inference logits instead of the dense `lm_head_weight()`, which then holds the
     /// dequantized embedding table for token lookup only.
-    pub(crate) quant_head: Option<QMatMul>,
+    pub(crate) quant_head: Option<QWeight>,
     device: Device,
     dtype: DType,
     /// RoPE inverse frequencies, computed in f32 like transformers does.
@@ -505,7 +498,7 @@ impl Model {
     pub fn decode_weight_bytes(&self) -> usize {
         let proj: usize = self.layers.iter().flat_map(|l| l.proj.iter()).map(Linear::weight_bytes).sum();
         let head = match &self.quant_head {
-            Some(q) => qmatmul_bytes(q),
+            Some(q) => q.storage_bytes(),
             None => tensor_bytes(self.lm_head_weight()),
         };
         proj + head
@@ -528,7 +521,7 @@ impl Model {
         layers: Vec<DecoderLayer>,
         norm: Tensor,
         lm_head: Option<Tensor>,
-        quant_head: Option<QMatMul>,
+        quant_head: Option<QWeight>,
         device: &Device,
     ) -> Model {
         Model {

@@ -16,9 +16,10 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{gguf_proj_name, quantize_model, GgufDType};
 use crate::model::{DecoderLayer, Linear, Model, Proj, Weight};
+use crate::q8gemv::PackedQ8;
 use candle_core::quantized::gguf_file::{self, Value as GValue};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -103,6 +104,69 @@ fn config_from_metadata(
     Ok(c)
 }
 
+/// A block-quantized weight `[out, in]` as the forward reads it.
+#[derive(Debug, Clone)]
+pub enum QWeight {
+    /// Candle's quantized matmul: any GGUF type, any device.
+    Candle(QMatMul),
+    /// Q8_0 repacked for [`crate::q8gemv`] (CPU with AVX-512 VNNI). The GGUF blocks are
+    /// not kept beside it, so the weight costs its Q8_0 size once.
+    Q8(Arc<PackedQ8>),
+}
+
+/// `FC_Q8_KERNEL=candle` keeps Q8_0 weights on candle's matmul (for comparisons); the
+/// default is our kernel wherever the CPU has it.
+fn own_q8_kernel() -> bool {
+    std::env::var("FC_Q8_KERNEL").map(|v| v != "candle").unwrap_or(true)
+}
+
+impl QWeight {
+    /// Wraps a loaded GGUF tensor: Q8_0 on a capable CPU is repacked for our kernel.
+    pub fn new(q: QTensor) -> QWeight {
+        if own_q8_kernel() {
+            if let Some(p) = PackedQ8::from_qtensor(&q) {
+                return QWeight::Q8(Arc::new(p));
+            }
+        }
+        QWeight::Candle(QMatMul::QTensor(Arc::new(q)))
+    }
+
+    /// `x W^T` (no autograd).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            QWeight::Candle(q) => q.forward(x)?,
+            QWeight::Q8(p) => match p.forward(x)? {
+                Some(y) => y,
+                // Another dtype: the kernel computes in f32.
+                None => {
+                    let y = p
+                        .forward(&x.to_dtype(DType::F32)?)?
+                        .ok_or_else(|| ModelError::Input("Q8_0 kernel: input is not a CPU tensor".into()))?;
+                    y.to_dtype(x.dtype())?
+                }
+            },
+        })
+    }
+
+    /// The weight as a dense f32 tensor on `device`.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            QWeight::Candle(QMatMul::QTensor(q)) => q.dequantize(device)?,
+            QWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?.to_device(device)?,
+            QWeight::Q8(p) => p.dequantize(device)?,
+        })
+    }
+
+    /// Bytes of weight storage (what one matmul streams).
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            QWeight::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            QWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            QWeight::Q8(p) => p.storage_bytes(),
+        }
+    }
+}
+
 impl Model {
     /// Reads a `qwen3` GGUF file (ours or llama.cpp's) as an inference model. Shapes are
     /// checked against the metadata, so a truncated or mismatched file is an error, not
@@ -174,7 +238,7 @@ fn from_qtensors(config: ModelConfig, mut t: HashMap<String, QTensor>, device: &
         Ok(if is_float(&q) {
             Weight::Dense(dense(&q)?)
         } else {
-            Weight::Quantized(QMatMul::QTensor(Arc::new(q)))
+            Weight::Quantized(QWeight::new(q))
         })
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -216,9 +280,9 @@ fn from_qtensors(config: ModelConfig, mut t: HashMap<String, QTensor>, device: &
     // one is read in its blocks, a float one is the dense weight.
     let (lm_head, quant_head) = match output {
         Some(q) if is_float(&q) => (Some(dense(&q)?), None),
-        Some(q) => (Some(dense(&q)?), Some(QMatMul::QTensor(Arc::new(q)))),
+        Some(q) => (Some(dense(&q)?), Some(QWeight::new(q))),
         None if is_float(&embd) => (None, None),
-        None => (None, Some(QMatMul::QTensor(Arc::new(embd)))),
+        None => (None, Some(QWeight::new(embd))),
     };
     Ok(Model::from_parts(config, embed_tokens, layers, norm, lm_head, quant_head, device))
 }

@@ -269,6 +269,41 @@ fn kernel_probe() {
             let s = t.elapsed().as_secs_f64() / (reps * copies) as f64;
             eprintln!("n {n} k {k} m {m}: {:.3} ms, {:.1} GB/s", s * 1e3, (n * k * 4) as f64 / s / 1e9);
         }
+        drop(w);
+        q8_kernel_probe(n, k);
+    }
+}
+
+/// The same shapes in Q8_0, through our kernel and candle's quantized matmul.
+fn q8_kernel_probe(n: usize, k: usize) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use fc_model::quantized::QWeight;
+    let copies = ((256usize << 20) / (n * k)).max(1);
+    let make = |own: bool| -> Vec<QWeight> {
+        (0..copies)
+            .map(|c| {
+                let t = fc_model::Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).and_then(|t| QTensor::quantize(&t, GgmlDType::Q8_0)).expect("quantize");
+                let _ = c;
+                if own { QWeight::new(t) } else { QWeight::Candle(QMatMul::QTensor(std::sync::Arc::new(t))) }
+            })
+            .collect()
+    };
+    for own in [true, false] {
+        let ws = make(own);
+        for m in [1usize, 8] {
+            let x = fc_model::Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).expect("x");
+            let _ = ws[0].forward(&x);
+            let reps = 3;
+            let t = Instant::now();
+            for _ in 0..reps {
+                for w in &ws {
+                    std::hint::black_box(w.forward(&x).expect("forward"));
+                }
+            }
+            let s = t.elapsed().as_secs_f64() / (reps * copies) as f64;
+            let bytes = ws[0].storage_bytes();
+            eprintln!("  Q8_0 {} m {m}: {:.3} ms, {:.1} GB/s", if own { "fcmesh" } else { "candle" }, s * 1e3, bytes as f64 / s / 1e9);
+        }
     }
 }
 

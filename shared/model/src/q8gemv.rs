@@ -1,0 +1,426 @@
+//! Q8_0 matmul on AVX-512 VNNI CPUs: `y = x W^T` with `W` in GGUF Q8_0 blocks (32 int8
+//! values and an f16 scale per block), for decode batches and prompt chunks alike.
+//!
+//! Why our own kernel rather than candle's quantized matmul: candle's x86 path runs on
+//! its own spinning thread pool beside the rayon pool the rest of the forward uses (on two
+//! cores one pool spins while the other works), takes at most 4 activation rows per pass
+//! over a weight tile, and quantizes activations with a scalar loop. Here:
+//! * the weights are repacked once at load into tiles of 16 rows. Within a tile and block,
+//!   the int8 values sit as `[4-value group][row][4]` bytes, offset by +128 to u8, so one
+//!   64-byte load and one `vpdpbusd` against 4 broadcast activation bytes give 16 output
+//!   rows' partial sums in the 16 lanes (no horizontal sums);
+//! * up to 8 activation rows share each weight load (a whole decode batch of 8 in one
+//!   pass, so the weights stream from memory once), and the stream is prefetched ahead;
+//! * activations are quantized per 32-value block exactly as llama.cpp quantizes them for
+//!   Q8_0 weights (scale = max |x| / 127, round to nearest), with vector code;
+//! * tiles are split over the rayon pool.
+//!
+//! The +128 offset makes every weight byte unsigned, which `vpdpbusd` needs; the extra
+//! `128 * sum(x)` per block is cancelled by starting the block's integer sum at
+//! `-128 * sum(x)`. Integer sums are exact, so a row's result does not depend on the other
+//! rows in the batch.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Storage, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// Values per Q8_0 block.
+const QK: usize = 32;
+/// Weight rows per tile (the 16 lanes of a 512-bit register).
+const TILE: usize = 16;
+/// Bytes of one tile block: 16 f16 scales, then 16 x 32 quants.
+const TILE_BLOCK_BYTES: usize = TILE * 2 + TILE * QK;
+/// Tiles per rayon task (64 weight rows).
+const TILES_PER_TASK: usize = 4;
+/// Bytes of Q8_0 GGUF storage per block (f16 scale + 32 quants).
+const GGUF_BLOCK_BYTES: usize = 2 + QK;
+
+/// Whether this CPU runs the kernel (AVX-512 F/BW with VNNI), checked once.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `[n, k]` Q8_0 matrix in the kernel's tile layout.
+pub struct PackedQ8 {
+    n: usize,
+    k: usize,
+    /// `n / 16` tiles, each `k / 32` blocks of [`TILE_BLOCK_BYTES`].
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackedQ8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedQ8 {{ n: {}, k: {} }}", self.n, self.k)
+    }
+}
+
+impl PackedQ8 {
+    /// Repacks a CPU Q8_0 tensor `[n, k]`; `None` when the kernel cannot take it (another
+    /// type, another device, `n` not a multiple of 16 or `k` of 32, or a CPU without VNNI).
+    pub fn from_qtensor(q: &QTensor) -> Option<PackedQ8> {
+        if !available() || q.dtype() != GgmlDType::Q8_0 || !matches!(q.device(), Device::Cpu) {
+            return None;
+        }
+        let (n, k) = q.shape().dims2().ok()?;
+        if n == 0 || k == 0 || n % TILE != 0 || k % QK != 0 {
+            return None;
+        }
+        let raw = q.data().ok()?;
+        Self::from_gguf_bytes(&raw, n, k)
+    }
+
+    /// Repacks row-major GGUF Q8_0 blocks of an `[n, k]` matrix.
+    fn from_gguf_bytes(raw: &[u8], n: usize, k: usize) -> Option<PackedQ8> {
+        let kb = k / QK;
+        if raw.len() != n * kb * GGUF_BLOCK_BYTES {
+            return None;
+        }
+        let mut data = vec![0u8; n / TILE * kb * TILE_BLOCK_BYTES];
+        data.par_chunks_mut(kb * TILE_BLOCK_BYTES).enumerate().for_each(|(t, tile)| {
+            for (b, dst) in tile.chunks_exact_mut(TILE_BLOCK_BYTES).enumerate() {
+                let (scales, quants) = dst.split_at_mut(TILE * 2);
+                for row in 0..TILE {
+                    let src = &raw[((t * TILE + row) * kb + b) * GGUF_BLOCK_BYTES..][..GGUF_BLOCK_BYTES];
+                    scales[row * 2..row * 2 + 2].copy_from_slice(&src[..2]);
+                    for (v, &q) in src[2..].iter().enumerate() {
+                        let (g, e) = (v / 4, v % 4);
+                        quants[(g * TILE + row) * 4 + e] = (q as i8 as i16 + 128) as u8;
+                    }
+                }
+            }
+        });
+        Some(PackedQ8 { n, k, data })
+    }
+
+    /// Output features (rows of `W`).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (columns of `W`).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes a matmul streams: the same as the GGUF Q8_0 storage.
+    pub fn storage_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The weight as a dense f32 `[n, k]` tensor.
+    pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let (n, k, kb) = (self.n, self.k, self.k / QK);
+        let mut out = vec![0f32; n * k];
+        for (t, tile) in self.data.chunks_exact(kb * TILE_BLOCK_BYTES).enumerate() {
+            for (b, blk) in tile.chunks_exact(TILE_BLOCK_BYTES).enumerate() {
+                for row in 0..TILE {
+                    let d = f16::from_le_bytes([blk[row * 2], blk[row * 2 + 1]]).to_f32();
+                    for v in 0..QK {
+                        let q = blk[TILE * 2 + ((v / 4) * TILE + row) * 4 + v % 4] as i16 - 128;
+                        out[(t * TILE + row) * k + b * QK + v] = d * q as f32;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (n, k), device)
+    }
+
+    /// `x [.., k] W^T` for a CPU f32 `x`; `None` when `x` is not that.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !matches!(x.device(), Device::Cpu) || x.dtype() != candle_core::DType::F32 {
+            return Ok(None);
+        }
+        let dims = x.dims();
+        if dims.last() != Some(&self.k) {
+            return Ok(None);
+        }
+        let m = x.elem_count() / self.k;
+        let x = x.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let Storage::Cpu(xc) = &*xs else {
+            return Ok(None);
+        };
+        let xv = &xc.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * self.k];
+        let y = self.matmul(xv, m);
+        drop(xs);
+        let mut out_dims = dims[..dims.len() - 1].to_vec();
+        out_dims.push(self.n);
+        Tensor::from_vec(y, out_dims, &Device::Cpu).map(Some)
+    }
+
+    /// `y[m, n] = x[m, k] W^T`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        if m == 0 {
+            return Vec::new();
+        }
+        let acts = quantize_rows(x, m, k);
+        let mut y = vec![0f32; m * n];
+        let tile_bytes = k / QK * TILE_BLOCK_BYTES;
+        let out = OutPtr(y.as_mut_ptr());
+        self.data.par_chunks(TILES_PER_TASK * tile_bytes).enumerate().for_each(|(i, w)| {
+            // SAFETY: task `i` writes only columns `i * 64..` (its own tiles) of each row
+            // of `y`, which outlives the loop; no two tasks share a column.
+            unsafe { task(w, &acts, k, m, n, i * TILES_PER_TASK * TILE, out) }
+        });
+        y
+    }
+}
+
+/// The output `[m, n]` shared by the tasks, each writing its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns (see `task`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Activations quantized per 32-value block: the int8 values, each block's scale and its
+/// `-128 * sum(q)` (the start of its integer sum, cancelling the weights' +128 offset).
+struct Acts {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    start: Vec<i32>,
+}
+
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> Acts {
+    let blocks = m * k / QK;
+    let mut a = Acts { q: vec![0i8; m * k], d: vec![0f32; blocks], start: vec![0i32; blocks] };
+    // A decode batch is a few thousand values: quicker on this thread than split.
+    let per_task = 256;
+    if blocks <= per_task {
+        quantize_span(&mut a.q, &mut a.d, &mut a.start, x);
+    } else {
+        a.q.par_chunks_mut(per_task * QK)
+            .zip(a.d.par_chunks_mut(per_task))
+            .zip(a.start.par_chunks_mut(per_task))
+            .zip(x.par_chunks(per_task * QK))
+            .for_each(|(((q, d), s), x)| quantize_span(q, d, s, x));
+    }
+    a
+}
+
+/// Quantizes consecutive blocks of `x` into `q`, their scales `d` and sums' starts `s`.
+fn quantize_span(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
+    for (((q, d), s), x) in q.chunks_exact_mut(QK).zip(d).zip(s).zip(x.chunks_exact(QK)) {
+        if let (Ok(x), Ok(q)) = (x.try_into(), q.try_into()) {
+            (*d, *s) = quantize_block(x, q);
+        }
+    }
+}
+
+/// One block: its int8 values (`q = round(x / d)`, ties to even as llama.cpp's x86
+/// quantizer rounds), scale `d = max |x| / 127`, and `-128 * sum(q)`. Written so the
+/// compiler vectorizes it: the rounding adds and subtracts 1.5 * 2^23, which leaves the
+/// nearest integer (ties to even) of any |v| <= 127.
+fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
+    const MAGIC: f32 = 12_582_912.0;
+    let mut amax = 0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut r = [0f32; QK];
+    for (r, &v) in r.iter_mut().zip(x) {
+        // A NaN input becomes 0 (Rust casts NaN to 0) instead of poisoning the block.
+        *r = ((v * inv).clamp(-127.0, 127.0) + MAGIC) - MAGIC;
+    }
+    let mut sum = 0i32;
+    for (q, &r) in q.iter_mut().zip(&r) {
+        *q = r as i8;
+        sum += r as i32;
+    }
+    (d, -128 * sum)
+}
+
+/// One task: its tiles (`w`) against every activation row, in passes of up to 8 rows,
+/// into columns `col0..` of the `[m, n]` output.
+///
+/// # Safety
+/// `out` points at `m * n` floats; the task's tiles cover columns `col0..col0 + 16 * tiles`
+/// (within `n`), which no other task writes.
+unsafe fn task(w: &[u8], acts: &Acts, k: usize, m: usize, n: usize, col0: usize, out: OutPtr) {
+    let tile_bytes = k / QK * TILE_BLOCK_BYTES;
+    let tiles = w.len() / tile_bytes;
+    let mut lanes = [[0f32; TILE]; 8];
+    for t in 0..tiles {
+        let tw = &w[t * tile_bytes..(t + 1) * tile_bytes];
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(8);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` held when the weight was packed (AVX-512 F/BW, VNNI,
+            // F16C); `tw` is one whole tile of `k / 32` blocks and the activations hold
+            // rows `r0..r0 + rows` of `k` values and `k / 32` blocks each.
+            avx512::tile(tw, acts, k, r0, rows, &mut lanes);
+            for (r, l) in lanes.iter().take(rows).enumerate() {
+                let dst = out.0.add((r0 + r) * n + col0 + t * TILE);
+                std::ptr::copy_nonoverlapping(l.as_ptr(), dst, TILE);
+            }
+            r0 += rows;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    // The register arrays are indexed by (block, row) on purpose.
+    #![allow(clippy::needless_range_loop)]
+    use super::{Acts, QK, TILE, TILE_BLOCK_BYTES};
+    use std::arch::x86_64::*;
+
+    /// Bytes ahead of the read position that the weight stream is prefetched.
+    const PF_BYTES: usize = 8 * TILE_BLOCK_BYTES;
+
+    /// One tile against `rows` (1..=8) activation rows from `r0`; `lanes[r][j]` is
+    /// `dot(x[r0 + r], w[j])`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW, VNNI and F16C present; `w` is a whole tile of `k / 32` blocks; `acts`
+    /// holds rows `r0..r0 + rows`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) unsafe fn tile(w: &[u8], acts: &Acts, k: usize, r0: usize, rows: usize, lanes: &mut [[f32; TILE]; 8]) {
+        match rows {
+            1 => rows_n::<1>(w, acts, k, r0, lanes),
+            2 => rows_n::<2>(w, acts, k, r0, lanes),
+            3 => rows_n::<3>(w, acts, k, r0, lanes),
+            4 => rows_n::<4>(w, acts, k, r0, lanes),
+            5 => rows_n::<5>(w, acts, k, r0, lanes),
+            6 => rows_n::<6>(w, acts, k, r0, lanes),
+            7 => rows_n::<7>(w, acts, k, r0, lanes),
+            _ => rows_n::<8>(w, acts, k, r0, lanes),
+        }
+    }
+
+    /// Two blocks at a time, each with its own integer sums, so that even one row keeps
+    /// two `vpdpbusd` chains in flight.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn rows_n<const R: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
+        let kb = k / QK;
+        let wp = w.as_ptr();
+        let end = wp.wrapping_add(w.len());
+        let xq = acts.q.as_ptr().add(r0 * k);
+        let xd = acts.d.as_ptr().add(r0 * kb);
+        let xs = acts.start.as_ptr().add(r0 * kb);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut b = 0;
+        while b < kb {
+            let pair = if b + 1 < kb { 2 } else { 1 };
+            let mut isum = [[_mm512_setzero_si512(); R]; 2];
+            for h in 0..pair {
+                for r in 0..R {
+                    isum[h][r] = _mm512_set1_epi32(*xs.add(r * kb + b + h));
+                }
+            }
+            for g in 0..QK / 4 {
+                for h in 0..pair {
+                    let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
+                    let wv = _mm512_loadu_si512(blk.add(TILE * 2 + g * TILE * 4) as *const _);
+                    let pf = blk.wrapping_add(PF_BYTES + g * 64);
+                    if pf < end {
+                        _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+                    }
+                    for r in 0..R {
+                        let xv = _mm512_set1_epi32((xq.add(r * k + (b + h) * QK + g * 4) as *const i32).read_unaligned());
+                        isum[h][r] = _mm512_dpbusd_epi32(isum[h][r], wv, xv);
+                    }
+                }
+            }
+            for h in 0..pair {
+                let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
+                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+                for r in 0..R {
+                    let s = _mm512_mul_ps(wd, _mm512_set1_ps(*xd.add(r * kb + b + h)));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[h][r]), s, acc[r]);
+                }
+            }
+            b += pair;
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(lanes[r].as_mut_ptr(), acc[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q8_bytes(w: &[f32], n: usize, k: usize) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(n * k / QK * GGUF_BLOCK_BYTES);
+        for blk in w.chunks_exact(QK) {
+            let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            raw.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            raw.extend(blk.iter().map(|v| ((v * inv).round() as i8) as u8));
+        }
+        raw
+    }
+
+    /// The kernel against f64 sums of the same quantized weights and activations.
+    #[test]
+    fn matches_the_quantized_dot_products_for_any_row_count() {
+        if !available() {
+            eprintln!("no AVX-512 VNNI here: the Q8_0 kernel is not used on this CPU");
+            return;
+        }
+        for (m, n, k) in [(1, 16, 32), (2, 48, 64), (3, 80, 96), (8, 64, 1024), (9, 32, 3072), (17, 16, 160)] {
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+            let raw = q8_bytes(&w, n, k);
+            let p = PackedQ8::from_gguf_bytes(&raw, n, k).expect("packs");
+            let wd = p.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let acts = quantize_rows(&x, m, k);
+            let y = p.matmul(&x, m);
+            for r in 0..m {
+                for j in 0..n {
+                    let mut want = 0f64;
+                    for b in 0..k / QK {
+                        let mut s = 0f64;
+                        for v in 0..QK {
+                            s += wd[j * k + b * QK + v] as f64 * acts.q[r * k + b * QK + v] as f64;
+                        }
+                        want += s * acts.d[r * k / QK + b] as f64;
+                    }
+                    let got = y[r * n + j] as f64;
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "m={m} n={n} k={k} r={r} j={j}: {got} vs {want}");
+                    // Close to the float product too: each factor is off by at most half a
+                    // step (1/254 of its block's max), so each product by < 1%.
+                    let exact: f64 = (0..k).map(|t| x[r * k + t] as f64 * w[j * k + t] as f64).sum();
+                    let mass: f64 = (0..k).map(|t| (x[r * k + t] as f64 * w[j * k + t] as f64).abs()).sum();
+                    assert!((got - exact).abs() <= 0.01 * mass + 1e-3, "{got} vs float {exact}");
+                }
+            }
+            // A row's result does not depend on the rest of the batch.
+            let last = p.matmul(&x[(m - 1) * k..], 1);
+            assert_eq!(&y[(m - 1) * n..], &last[..], "m={m}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_take() {
+        let raw = vec![0u8; 16 * GGUF_BLOCK_BYTES];
+        assert!(PackedQ8::from_gguf_bytes(&raw, 16, 64).is_none(), "wrong byte count");
+        let t = Tensor::zeros((15, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        assert!(PackedQ8::from_qtensor(&q).is_none(), "15 rows is not whole tiles");
+        let q = QTensor::quantize(&Tensor::zeros((16, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::Q4_0).unwrap();
+        assert!(PackedQ8::from_qtensor(&q).is_none(), "Q4_0");
+    }
+}
