@@ -307,52 +307,83 @@ mod avx512 {
         }
     }
 
-    /// Two blocks at a time, each with its own integer sums, so that even one row keeps
-    /// two `vpdpbusd` chains in flight.
+    /// Pairs of blocks, each block with its own integer sums, and for one or two rows
+    /// the even and odd 4-value groups apart too: `vpdpbusd` has a latency of several
+    /// cycles, and a single chain of them would leave the load stream waiting.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn rows_n<const R: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
+        if R <= 2 {
+            walk::<R, 2>(w, acts, k, r0, lanes)
+        } else {
+            walk::<R, 1>(w, acts, k, r0, lanes)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn walk<const R: usize, const S: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
+        let kb = k / QK;
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut b = 0;
+        while b + 2 <= kb {
+            blocks::<R, 2, S>(w, acts, k, r0, b, &mut acc);
+            b += 2;
+        }
+        if b < kb {
+            blocks::<R, 1, S>(w, acts, k, r0, b, &mut acc);
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(lanes[r].as_mut_ptr(), acc[r]);
+        }
+    }
+
+    /// Blocks `b..b + H` of the tile against rows `r0..r0 + R`, into `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn blocks<const R: usize, const H: usize, const S: usize>(
+        w: &[u8],
+        acts: &Acts,
+        k: usize,
+        r0: usize,
+        b: usize,
+        acc: &mut [__m512; R],
+    ) {
         let kb = k / QK;
         let wp = w.as_ptr();
         let end = wp.wrapping_add(w.len());
         let xq = acts.q.as_ptr().add(r0 * k);
         let xd = acts.d.as_ptr().add(r0 * kb);
         let xs = acts.start.as_ptr().add(r0 * kb);
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut b = 0;
-        while b < kb {
-            let pair = if b + 1 < kb { 2 } else { 1 };
-            let mut isum = [[_mm512_setzero_si512(); R]; 2];
-            for h in 0..pair {
-                for r in 0..R {
-                    isum[h][r] = _mm512_set1_epi32(*xs.add(r * kb + b + h));
-                }
+        let mut isum = [[[_mm512_setzero_si512(); R]; S]; H];
+        for h in 0..H {
+            for r in 0..R {
+                isum[h][0][r] = _mm512_set1_epi32(*xs.add(r * kb + b + h));
             }
-            for g in 0..QK / 4 {
-                for h in 0..pair {
-                    let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
-                    let wv = _mm512_loadu_si512(blk.add(TILE * 2 + g * TILE * 4) as *const _);
-                    let pf = blk.wrapping_add(PF_BYTES + g * 64);
-                    if pf < end {
-                        _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
-                    }
-                    for r in 0..R {
-                        let xv = _mm512_set1_epi32((xq.add(r * k + (b + h) * QK + g * 4) as *const i32).read_unaligned());
-                        isum[h][r] = _mm512_dpbusd_epi32(isum[h][r], wv, xv);
-                    }
-                }
-            }
-            for h in 0..pair {
-                let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
-                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-                for r in 0..R {
-                    let s = _mm512_mul_ps(wd, _mm512_set1_ps(*xd.add(r * kb + b + h)));
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[h][r]), s, acc[r]);
-                }
-            }
-            b += pair;
         }
-        for r in 0..R {
-            _mm512_storeu_ps(lanes[r].as_mut_ptr(), acc[r]);
+        for g in 0..QK / 4 {
+            for h in 0..H {
+                let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
+                let wv = _mm512_loadu_si512(blk.add(TILE * 2 + g * TILE * 4) as *const _);
+                let pf = blk.wrapping_add(PF_BYTES + g * 64);
+                if pf < end {
+                    _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+                }
+                for r in 0..R {
+                    let xv = _mm512_set1_epi32((xq.add(r * k + (b + h) * QK + g * 4) as *const i32).read_unaligned());
+                    isum[h][g % S][r] = _mm512_dpbusd_epi32(isum[h][g % S][r], wv, xv);
+                }
+            }
+        }
+        for h in 0..H {
+            let blk = wp.add((b + h) * TILE_BLOCK_BYTES);
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+            for r in 0..R {
+                let mut sum = isum[h][0][r];
+                for part in 1..S {
+                    sum = _mm512_add_epi32(sum, isum[h][part][r]);
+                }
+                let s = _mm512_mul_ps(wd, _mm512_set1_ps(*xd.add(r * kb + b + h)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, acc[r]);
+            }
         }
     }
 }

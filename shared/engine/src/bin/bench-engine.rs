@@ -324,7 +324,7 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
                 caches.iter_mut().zip(&prompts).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
             forward_ragged(&model, None, &mut inputs)?;
         }
-        let steps = 16;
+        let steps = std::env::var("FC_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
         let t = Instant::now();
         for s in 0..steps {
             let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 31 + i * 7 + 5) as u32]).collect();
