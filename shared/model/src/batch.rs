@@ -309,6 +309,13 @@ fn rope_tables(model: &Model, positions: &[u32]) -> Result<(Tensor, Tensor)> {
     Ok((cos, sin))
 }
 
+/// Two independent projections of the same input at once (`rayon::join`): on CPU each
+/// is a split matmul whose last tasks leave a core idle, and running the pair together
+/// fills that gap and halves the join points per layer.
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    rayon::join(a, b)
+}
+
 fn linear(
     model: &Model,
     x: &Tensor,
@@ -603,9 +610,13 @@ fn forward_ragged_in_pool(
     for i in 0..nl {
         let l = &model.layers[i];
         let h = rms_norm_fused(&x, &l.input_layernorm, eps)?;
-        let mut q = linear(model, &h, i, Proj::Q, lora)?.reshape((1, n, hq, hd))?;
-        let mut k = linear(model, &h, i, Proj::K, lora)?.reshape((1, n, hkv, hd))?;
-        let v = linear(model, &h, i, Proj::V, lora)?.reshape((1, n, hkv, hd))?;
+        let (q, (k, v)) = both(
+            || linear(model, &h, i, Proj::Q, lora),
+            || both(|| linear(model, &h, i, Proj::K, lora), || linear(model, &h, i, Proj::V, lora)),
+        );
+        let mut q = q?.reshape((1, n, hq, hd))?;
+        let mut k = k?.reshape((1, n, hkv, hd))?;
+        let v = v?.reshape((1, n, hkv, hd))?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = rms_norm_fused(&q, qn, eps)?;
             k = rms_norm_fused(&k, kn, eps)?;
@@ -638,8 +649,8 @@ fn forward_ragged_in_pool(
         };
         x = (x + linear(model, &attn, i, Proj::O, lora)?)?;
         let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
-        let gate = linear(model, &h, i, Proj::Gate, lora)?;
-        let up = linear(model, &h, i, Proj::Up, lora)?;
+        let (gate, up) = both(|| linear(model, &h, i, Proj::Gate, lora), || linear(model, &h, i, Proj::Up, lora));
+        let (gate, up) = (gate?, up?);
         let down = linear(model, &(gate.silu()? * up)?, i, Proj::Down, lora)?;
         x = (x + down)?;
     }

@@ -227,6 +227,8 @@ fn quantize_span(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
 /// quantizer rounds), scale `d = max |x| / 127`, and `-128 * sum(q)`. Written so the
 /// compiler vectorizes it: the rounding adds and subtracts 1.5 * 2^23, which leaves the
 /// nearest integer (ties to even) of any |v| <= 127.
+// Not `clamp`: it keeps a NaN, and the unchecked cast needs every value finite.
+#[allow(clippy::manual_clamp)]
 fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     const MAGIC: f32 = 12_582_912.0;
     let mut amax = 0f32;
@@ -237,13 +239,17 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut r = [0f32; QK];
     for (r, &v) in r.iter_mut().zip(x) {
-        // A NaN input becomes 0 (Rust casts NaN to 0) instead of poisoning the block.
-        *r = ((v * inv).clamp(-127.0, 127.0) + MAGIC) - MAGIC;
+        // `max` first: it turns a NaN into -127, so `r` is always a whole number in
+        // -127..=127 (what makes the unchecked cast below sound).
+        *r = (((v * inv).max(-127.0)).min(127.0) + MAGIC) - MAGIC;
     }
     let mut sum = 0i32;
     for (q, &r) in q.iter_mut().zip(&r) {
-        *q = r as i8;
-        sum += r as i32;
+        // SAFETY: `r` is finite and within i32 (see above). The checked `as` cast would
+        // add saturation code that keeps this loop from vectorizing.
+        let i: i32 = unsafe { r.to_int_unchecked() };
+        *q = i as i8;
+        sum += i;
     }
     (d, -128 * sum)
 }
@@ -442,6 +448,31 @@ mod tests {
             let last = p.matmul(&x[(m - 1) * k..], 1);
             assert_eq!(&y[(m - 1) * n..], &last[..], "m={m}");
         }
+    }
+
+    #[test]
+    fn quantizing_odd_values_stays_in_range() {
+        let mut x = [0.5f32; QK];
+        x[0] = f32::NAN;
+        x[1] = f32::INFINITY;
+        x[2] = -3.0;
+        let mut q = [0i8; QK];
+        let (d, start) = quantize_block(&x, &mut q);
+        assert!(q.iter().all(|&v| (-127..=127).contains(&v)));
+        assert_eq!(start, -128 * q.iter().map(|&v| v as i32).sum::<i32>());
+        let _ = d;
+        // Ties round to even, as llama.cpp's x86 quantizer does: 2.5 -> 2, 3.5 -> 4.
+        let mut x = [0f32; QK];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = 3.5;
+        x[3] = -2.5;
+        let (d, _) = quantize_block(&x, &mut q);
+        assert_eq!(d, 1.0);
+        assert_eq!(&q[..4], &[127, 2, 4, -2]);
+        let (d, start) = quantize_block(&[0.0; QK], &mut q);
+        assert_eq!((d, start), (0.0, 0));
+        assert!(q.iter().all(|&v| v == 0));
     }
 
     #[test]
