@@ -43,3 +43,5 @@ tok=${FC_QWEN3_TOKENIZER:-../shared/qwen3-tokenizer}
 [ -f "$m/model-q8_0.gguf" ] || python3 scripts/bench/engine_peers.py --quantize "$m/model-f32.gguf" "$m/model-q8_0.gguf" 2>/dev/null
 ./target/release/bench-engine --bench "$m" --q8 "$m/model-q8_0.gguf" | tee "$out/engine.txt"
 python3 scripts/bench/engine_peers.py --hf "$m" --gguf "$m/model-f32.gguf" --q8 "$m/model-q8_0.gguf" 2>/dev/null | tee -a "$out/engine.txt"
+# Batch-1 decode again, ours and llama.cpp's alternating (the bandwidth drifts between runs).
+scripts/bench/engine_decode_ab.sh "$m" 3 | tee -a "$out/engine.txt"
