@@ -17,31 +17,15 @@ pub struct Pick {
     pub sampling_logprob: f32,
 }
 
-/// `log(sum(exp(x)))` of a logits row. The terms are f32 `exp`s of `x - max` (each in
-/// (0, 1], accurate to an ulp), summed in 16 f32 lanes over chunks of 1024 and the chunk
-/// sums in f64: over a 151,936-token vocabulary that is ~3x quicker than f64 `exp`s and
-/// the result stays within 1e-6 of the all-f64 sum (a decode step picks from every row).
+/// `log(sum(exp(x)))` of a logits row: the vectorized exponential of the attention code
+/// ([`fc_model::attn::sum_exp_sub`], within 1e-6 of an all-f64 sum), since a decode step
+/// takes one per sequence over the whole vocabulary.
 fn logsumexp(xs: &[f32]) -> f64 {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return max as f64;
     }
-    let mut total = 0f64;
-    for chunk in xs.chunks(1024) {
-        let mut lanes = [0f32; 16];
-        let mut it = chunk.chunks_exact(16);
-        for c in &mut it {
-            for (l, &x) in lanes.iter_mut().zip(c) {
-                *l += (x - max).exp();
-            }
-        }
-        let mut s: f32 = lanes.iter().sum();
-        for &x in it.remainder() {
-            s += (x - max).exp();
-        }
-        total += s as f64;
-    }
-    total.ln() + max as f64
+    fc_model::attn::sum_exp_sub(xs, max).ln() + max as f64
 }
 
 /// Picks a token. `vocab_limit` excludes ids at or above it (embedding rows beyond the

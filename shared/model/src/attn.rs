@@ -223,6 +223,28 @@ pub(crate) fn exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
     sum
 }
 
+/// `sum(exp(xs[i] - m))` for `m >= max(xs)`, without writing: 16 f32 lanes over chunks of
+/// 1024, the chunk sums in f64 (a 151,936-token logits row sums to within 1e-6 of f64
+/// `exp`s, at vector speed; the engine's sampler takes a row's log-softmax each step).
+pub fn sum_exp_sub(xs: &[f32], m: f32) -> f64 {
+    let mut total = 0f64;
+    for chunk in xs.chunks(1024) {
+        let mut acc = [0f32; 16];
+        let mut it = chunk.chunks_exact(16);
+        for c in &mut it {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += exp_nonpos(x - m);
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for &x in it.remainder() {
+            s += exp_nonpos(x - m);
+        }
+        total += s as f64;
+    }
+    total
+}
+
 /// `row[i] = exp(row[i] - m)` (no sum).
 pub(crate) fn exp_sub(row: &mut [f32], m: f32) {
     for x in row.iter_mut() {

@@ -409,11 +409,7 @@ fn decode_attention(
     }
     for row in scores.chunks_mut(total) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        let sum = crate::attn::exp_sub_sum(row, max);
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|x| *x *= inv);
     }
