@@ -25,28 +25,43 @@ const COLS_PER_TASK: usize = 64;
 /// `x [.., k] · w[n, k]^T` by the skinny kernel when it applies (CPU, f32, contiguous
 /// weight, at most [`MAX_ROWS`] rows); `None` otherwise.
 pub fn skinny_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+    if w.dtype() != DType::F32 || !w.is_contiguous() || !matches!(w.device(), Device::Cpu) {
         return Ok(None);
     }
     let (n, k) = w.dims2()?;
-    let dims = x.dims();
-    if dims.last() != Some(&k) || !w.is_contiguous() {
-        return Ok(None);
-    }
     let m = x.elem_count() / k.max(1);
     if m == 0 || m > MAX_ROWS {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
-    let (Storage::Cpu(xc), Storage::Cpu(wc)) = (&*xs, &*ws) else {
+    let Storage::Cpu(wc) = &*ws else {
         return Ok(None);
     };
-    let xv = &xc.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
     let wv = &wc.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + n * k];
-    let y = matmul_rows(xv, m, wv, n, k);
-    drop((xs, ws));
+    map_cpu_rows(x, k, n, |xv, m| matmul_rows(xv, m, wv, n, k))
+}
+
+/// Runs `f(rows, m)` on the `m` rows of a CPU f32 `x [.., k]` and shapes its `[m, n]`
+/// result as `[.., n]`; `None` when `x` is not a CPU f32 tensor whose last dim is `k`.
+/// The tensor plumbing of the CPU matmul kernels (this one and [`crate::q8gemv`]).
+pub(crate) fn map_cpu_rows(
+    x: &Tensor,
+    k: usize,
+    n: usize,
+    f: impl FnOnce(&[f32], usize) -> Vec<f32>,
+) -> candle_core::Result<Option<Tensor>> {
+    let dims = x.dims();
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || dims.last() != Some(&k) {
+        return Ok(None);
+    }
+    let m = x.elem_count() / k.max(1);
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let Storage::Cpu(xc) = &*xs else {
+        return Ok(None);
+    };
+    let y = f(&xc.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k], m);
+    drop(xs);
     let mut out_dims = dims[..dims.len() - 1].to_vec();
     out_dims.push(n);
     Tensor::from_vec(y, out_dims, &Device::Cpu).map(Some)

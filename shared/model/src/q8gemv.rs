@@ -21,7 +21,7 @@
 //! rows in the batch.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -142,25 +142,7 @@ impl PackedQ8 {
 
     /// `x [.., k] W^T` for a CPU f32 `x`; `None` when `x` is not that.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        if !matches!(x.device(), Device::Cpu) || x.dtype() != candle_core::DType::F32 {
-            return Ok(None);
-        }
-        let dims = x.dims();
-        if dims.last() != Some(&self.k) {
-            return Ok(None);
-        }
-        let m = x.elem_count() / self.k;
-        let x = x.contiguous()?;
-        let (xs, xl) = x.storage_and_layout();
-        let Storage::Cpu(xc) = &*xs else {
-            return Ok(None);
-        };
-        let xv = &xc.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * self.k];
-        let y = self.matmul(xv, m);
-        drop(xs);
-        let mut out_dims = dims[..dims.len() - 1].to_vec();
-        out_dims.push(self.n);
-        Tensor::from_vec(y, out_dims, &Device::Cpu).map(Some)
+        crate::gemv::map_cpu_rows(x, self.k, self.n, |xv, m| self.matmul(xv, m))
     }
 
     /// `y[m, n] = x[m, k] W^T`.
