@@ -286,9 +286,8 @@ fn q8_kernel_probe(n: usize, k: usize) {
     let copies = ((256usize << 20) / (n * k)).max(1);
     let make = |own: bool| -> Vec<QWeight> {
         (0..copies)
-            .map(|c| {
+            .map(|_| {
                 let t = fc_model::Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).and_then(|t| QTensor::quantize(&t, GgmlDType::Q8_0)).expect("quantize");
-                let _ = c;
                 if own { QWeight::new(t) } else { QWeight::Candle(QMatMul::QTensor(std::sync::Arc::new(t))) }
             })
             .collect()
