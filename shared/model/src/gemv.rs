@@ -286,6 +286,10 @@ mod avx2 {
 /// * At 8 rows the multiply no longer hides the memory stream, and the hardware prefetcher
 ///   alone kept about half the bandwidth busy (151936 x 1024 head: 24 ms, 26 GB/s). The
 ///   tile prefetches the weight rows two tiles ahead at the offset it is reading: 12.3 ms.
+///   The prefetch goes to L2, not L1: on a 32 KiB L1 (Zen 4) prefetched rows evicted the
+///   inputs, and the 8-row pass ran at 16 GB/s against 21-24 GB/s with the L2 hint (the
+///   0.6B model's 8-way ragged step 137-151 -> 116-122 ms). On a 48 KiB L1 (Zen 5) an
+///   earlier trial of the L2 hint had measured no better.
 /// * The inputs must stay in L1 while the weight rows stream past. 8 rows of `k = 3072`
 ///   (the MLP's down projection) are 96 KiB, twice L1, and that shape ran at half the
 ///   speed of `k = 1024`. Wide inputs are therefore walked in [`K_BLOCK`] slices: a group
@@ -304,7 +308,8 @@ mod avx512 {
     const PF_TILES: usize = 2;
 
     /// Inputs (floats, all rows of a pass) that stay in a 48 KiB L1 beside the weight rows
-    /// streaming through it.
+    /// streaming through it. (On a 32 KiB L1, halving this and [`K_BLOCK`] measured slower
+    /// on the `k = 1024` shapes: parking accumulators costs more than the L2 re-reads.)
     const L1_INPUT_FLOATS: usize = 8 * 1024;
 
     /// Slice of `k` (floats) for wide inputs: 8 rows of it are 32 KiB.
@@ -334,7 +339,7 @@ mod avx512 {
                 wv[c] = _mm512_loadu_ps(w.add(c * k + i));
                 // Only a hint, so an address past the end is harmless (`wrapping_add`
                 // keeps the pointer arithmetic defined).
-                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(c * k + i) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(c * k + i) as *const i8);
             }
             for r in 0..R {
                 let xv = _mm512_loadu_ps(x.add(r * k + i));
