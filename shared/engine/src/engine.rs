@@ -809,8 +809,16 @@ impl Worker {
                 cache: &mut p.cache,
             });
         }
+        let started = std::time::Instant::now();
         let logits = forward_ragged(&self.model, self.adapter.as_ref(), &mut inputs)
             .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
+        let phase = match (n_dec > 0, chunks.is_empty()) {
+            (true, true) => "decode",
+            (false, _) => "prefill",
+            (true, false) => "mixed",
+        };
+        metrics::histogram!("fc_engine_forward_duration_seconds", "phase" => phase)
+            .record(started.elapsed().as_secs_f64());
         drop(inputs);
         let prefill_tokens: usize = chunks.iter().map(|c| c.1).sum();
         if n_dec > 0 {
