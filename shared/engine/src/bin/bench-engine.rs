@@ -258,7 +258,26 @@ fn read_bandwidth() -> f64 {
 
 /// `FC_BENCH_KERNEL=1`: GB/s of the skinny f32 kernel alone on the decode shapes, each
 /// streamed from memory as in a decode step (a ~512 MiB run of copies, walked in turn).
+/// First, the kernel on one 8 MiB weight that stays in L3, which bounds what the
+/// streamed runs can reach from compute alone; `FC_BENCH_KERNEL=cached` stops there.
 fn kernel_probe() {
+    {
+        let (n, k) = (2048usize, 1024usize);
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        for m in [1usize, 8] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let reps = 2000;
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, &w, n, k));
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!("cached n {n} k {k} m {m}: {:.1} us, {:.1} GMAC/s", s * 1e6, (m * n * k) as f64 / s / 1e9);
+        }
+    }
+    if std::env::var("FC_BENCH_KERNEL").as_deref() == Ok("cached") {
+        return;
+    }
     for (n, k) in [(151_936usize, 1024usize), (2048, 1024), (1024, 1024), (1024, 2048), (3072, 1024), (1024, 3072)] {
         let copies = ((512usize << 20) / (n * k * 4)).max(1);
         let w: Vec<f32> = (0..copies * n * k).map(|i| (i % 13) as f32 * 0.01).collect();
