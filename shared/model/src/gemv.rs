@@ -23,8 +23,9 @@ use rayon::prelude::*;
 /// few dozen rows, and there the general GEMM packs the whole weight for little work:
 /// on the 0.6B model (2 cores, Zen 4) a 24-token prefill ran at 25 tok/s through it and
 /// at 96 tok/s here; 64 tokens 54 vs 114, 128 tokens 85 vs 112; at 192 they were even
-/// and at 512 the GEMM led (135-144 vs 110). Each 64-row task runs its 8-row passes
-/// while its weight rows sit in L2, so the weights still come from memory once.
+/// and at 512 the GEMM led (135-144 vs 110). Each task runs all its 8-row passes over
+/// its [`COLS_PER_TASK`] weight rows while they sit in L2, so the weights still come
+/// from memory once.
 pub const MAX_ROWS: usize = 128;
 
 /// Output columns per rayon task (64 weight rows: 256 KiB at in = 1024).
