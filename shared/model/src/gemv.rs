@@ -24,7 +24,7 @@ use rayon::prelude::*;
 /// on the 0.6B model (2 cores, Zen 4) a 24-token prefill ran at 25 tok/s through it and
 /// at 96 tok/s here; 64 tokens 54 vs 114, 128 tokens 85 vs 112; at 192 they were even
 /// and at 512 the GEMM led (135-144 vs 110). Each task runs all its 8-row passes over
-/// its [`COLS_PER_TASK`] weight rows while they sit in L2, so the weights still come
+/// its `COLS_PER_TASK` weight rows while they sit in L2, so the weights still come
 /// from memory once.
 pub const MAX_ROWS: usize = 128;
 
