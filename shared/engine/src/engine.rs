@@ -843,7 +843,7 @@ impl Worker {
             .prefill_tokens
             .fetch_add(prefill_tokens as u64, Ordering::Relaxed);
         metrics::counter!("fc_engine_prefill_tokens_total").increment(prefill_tokens as u64);
-        let seqs = std::mem::take(&mut self.active);
+        let mut seqs = std::mem::take(&mut self.active);
         let rows = match logits {
             Ok(rows) => rows,
             Err(e) => {
@@ -865,7 +865,6 @@ impl Worker {
                 return;
             }
         };
-        let mut seqs = seqs;
         let n = seqs.len().min(rows.len());
         seqs.truncate(n);
         let picks = self.pick_batch(&mut seqs, &rows[..n]);
@@ -916,7 +915,7 @@ impl Worker {
             kv.set_own_limit(max_tokens);
             let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
             rng.set_stream(i as u64);
-            let seq = Seq {
+            let mut seq = Seq {
                 live: p.live,
                 seq_index: i,
                 cache: kv,
@@ -929,7 +928,6 @@ impl Worker {
                 stop: StopText::new(stops.clone()),
                 versions: (self.version, self.version),
             };
-            let mut seq = seq;
             let picked = pick_for(&self.live, self.vocab_limit, &mut seq, logits);
             if let Some(seq) = self.step_seq(seq, picked) {
                 self.active.push(seq);
@@ -962,12 +960,13 @@ impl Worker {
     /// picks across the pool: each pick reads a whole vocabulary row, a few hundred
     /// microseconds that a batch of 8 otherwise spent one after another on this thread.
     fn pick_batch(&self, seqs: &mut [Seq], rows: &[Vec<f32>]) -> Vec<Option<Pick>> {
-        let (live, limit) = (&self.live, self.vocab_limit);
+        use rayon::prelude::*;
+        let one = |(s, row): (&mut Seq, &Vec<f32>)| pick_for(&self.live, self.vocab_limit, s, row);
+        // One sequence stays on this thread: a hop into the pool would cost more.
         if seqs.len() > 1 {
-            use rayon::prelude::*;
-            seqs.par_iter_mut().zip(rows).map(|(s, row)| pick_for(live, limit, s, row)).collect()
+            seqs.par_iter_mut().zip(rows).map(one).collect()
         } else {
-            seqs.iter_mut().zip(rows).map(|(s, row)| pick_for(live, limit, s, row)).collect()
+            seqs.iter_mut().zip(rows).map(one).collect()
         }
     }
 
