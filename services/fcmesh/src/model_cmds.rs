@@ -22,8 +22,9 @@ pub fn generate(model_dir: &Path, prompt: &str, params: &GenerateParams) -> anyh
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    let model = Model::load(model_dir, &Device::Cpu, DType::F32)
+    let mut model = Model::load(model_dir, &Device::Cpu, DType::F32)
         .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    model.pack_for_inference()?;
     let out = fc_model::generate(&model, &ids, params)?;
     let text = tok.decode(&out, false)?;
     Ok(GenerateOutput { token_ids: out, text })

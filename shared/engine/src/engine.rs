@@ -181,7 +181,8 @@ pub struct Engine;
 
 impl Engine {
     /// Starts the engine thread owning `model` (used with no adapter until one is swapped
-    /// in) and returns a handle.
+    /// in) and returns a handle. A dense f32 CPU model is packed for the inference kernel
+    /// first ([`Model::pack_for_inference`]).
     pub fn start(
         model: Model,
         tokenizer: Tokenizer,
@@ -192,7 +193,7 @@ impl Engine {
 
     /// [`Engine::start`] with an initial (un-merged) LoRA adapter.
     pub fn start_with_adapter(
-        model: Model,
+        mut model: Model,
         adapter: Option<LoraAdapter>,
         tokenizer: Tokenizer,
         config: EngineConfig,
@@ -200,6 +201,7 @@ impl Engine {
         if config.max_batch == 0 {
             return Err(EngineError::InvalidRequest("max_batch must be > 0".into()));
         }
+        model.pack_for_inference()?;
         let (tx, rx) = std_mpsc::channel();
         let stats = Arc::new(StatsInner::default());
         let mem = KvMemory::new();
@@ -365,10 +367,11 @@ impl EngineHandle {
 
     /// Replaces the model (e.g. a merged checkpoint) between decode steps. It must have
     /// the same KV layout (layers, kv heads, head dim, vocab, dtype) so running sequences
-    /// survive.
+    /// survive. The model is packed for inference here, on the caller's thread, so the
+    /// running sequences do not wait for it.
     pub fn swap_model(
         &self,
-        model: Model,
+        mut model: Model,
         adapter: Option<LoraAdapter>,
     ) -> Result<u64, EngineError> {
         let shape = kv_shape(&model);
@@ -378,6 +381,7 @@ impl EngineHandle {
                 self.inner.shape
             )));
         }
+        model.pack_for_inference()?;
         let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner
             .tx

@@ -17,6 +17,7 @@ pub mod io;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod optim;
 pub mod quantized;
 pub mod gemv;

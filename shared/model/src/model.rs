@@ -19,7 +19,9 @@ use crate::ops::{
     attention, frozen_linear, lora_linear, plain_linear, repeat_kv, rms_norm_fused, rms_norm_train,
     rope_train, token_logprobs,
 };
+use crate::packed::PackedF32;
 use crate::quantized::QWeight;
+use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -121,6 +123,32 @@ pub enum Weight {
     /// quantize the activations per block as llama.cpp does. Inference only: training,
     /// merging and quantizing again refuse it with an error.
     Quantized(QWeight),
+    /// A dense f32 weight packed for the CPU inference kernel ([`crate::packed`]) by
+    /// [`Model::pack_for_inference`]. Inference only, like `Quantized`; [`Linear::to_dense`]
+    /// unpacks it.
+    Packed(Arc<PackedF32>),
+}
+
+impl Weight {
+    /// Inference `x W^T` (no autograd).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Dense(w) => crate::ops::infer_linear(x, w)?,
+            Weight::Quantized(q) => q.forward(x)?,
+            Weight::Packed(p) => p
+                .forward(x)?
+                .ok_or_else(|| ModelError::Input("packed f32 weight: input is not a CPU f32 tensor".into()))?,
+        })
+    }
+
+    /// Bytes of weight storage (what a decode step streams from memory).
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            Weight::Dense(t) => tensor_bytes(t),
+            Weight::Quantized(q) => q.storage_bytes(),
+            Weight::Packed(p) => p.storage_bytes(),
+        }
+    }
 }
 
 /// A frozen linear layer (`y = x W^T + b`).
@@ -139,36 +167,38 @@ impl Linear {
         matches!(self.weight, Weight::Quantized(_))
     }
 
-    /// The dense weight; an error for a quantized layer (inference only).
+    /// The dense weight; an error for a quantized or packed layer (inference only).
     pub fn dense_weight(&self) -> Result<&Tensor> {
         match &self.weight {
             Weight::Dense(t) => Ok(t),
             Weight::Quantized(_) => Err(quantized_only()),
+            Weight::Packed(_) => Err(packed_only()),
         }
     }
 
-    /// Mutable dense weight (full fine-tuning, LoRA merge); an error when quantized.
+    /// Mutable dense weight (full fine-tuning, LoRA merge); an error when quantized or
+    /// packed.
     pub fn dense_weight_mut(&mut self) -> Result<&mut Tensor> {
         match &mut self.weight {
             Weight::Dense(t) => Ok(t),
             Weight::Quantized(_) => Err(quantized_only()),
+            Weight::Packed(_) => Err(packed_only()),
         }
     }
 
-    /// The weight as a dense tensor on `device` (quantized ones dequantized to f32).
+    /// The weight as a dense tensor on `device` (quantized ones dequantized to f32,
+    /// packed ones unpacked).
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
         match &self.weight {
             Weight::Dense(t) => Ok(t.clone()),
             Weight::Quantized(q) => q.dequantize(device),
+            Weight::Packed(p) => Ok(p.to_tensor(device)?),
         }
     }
 
-    /// Inference `x W^T + b` for either kind of weight (no autograd through it).
+    /// Inference `x W^T + b` for any kind of weight (no autograd through it).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Dense(w) => crate::ops::infer_linear(x, w)?,
-            Weight::Quantized(q) => q.forward(x)?,
-        };
+        let y = self.weight.forward(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -177,15 +207,18 @@ impl Linear {
 
     /// Bytes of weight storage (what a decode step streams from memory).
     pub fn weight_bytes(&self) -> usize {
-        match &self.weight {
-            Weight::Dense(t) => tensor_bytes(t),
-            Weight::Quantized(q) => q.storage_bytes(),
-        }
+        self.weight.storage_bytes()
     }
 }
 
 fn tensor_bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
+}
+
+fn packed_only() -> ModelError {
+    ModelError::Input(
+        "this model's weights are packed for CPU inference: train or merge on a model loaded without packing".into(),
+    )
 }
 
 fn quantized_only() -> ModelError {
@@ -433,10 +466,11 @@ pub struct Model {
     pub norm: Tensor,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
-    /// The output projection of a GGUF model with a quantized head (tied or not): used
-    /// for inference logits instead of the dense `lm_head_weight()`, which then holds the
-    /// dequantized embedding table for token lookup only.
-    pub(crate) quant_head: Option<QWeight>,
+    /// The output projection inference uses for logits when it is not the dense
+    /// `lm_head_weight()`: a GGUF model's quantized head (tied or not), whose dense
+    /// `lm_head_weight()` then holds the dequantized embedding table for token lookup
+    /// only, or the packed head of [`Model::pack_for_inference`].
+    pub(crate) infer_head: Option<Weight>,
     device: Device,
     dtype: DType,
     /// RoPE inverse frequencies, computed in f32 like transformers does.
@@ -490,15 +524,15 @@ impl Model {
 
     /// Whether any weight is block-quantized (GGUF): such a model only runs inference.
     pub fn is_quantized(&self) -> bool {
-        self.quant_head.is_some() || self.layers.iter().any(|l| l.proj.iter().any(Linear::is_quantized))
+        matches!(self.infer_head, Some(Weight::Quantized(_))) || self.layers.iter().any(|l| l.proj.iter().any(Linear::is_quantized))
     }
 
     /// Weight bytes one decode step reads: every projection plus the output head (the
     /// embedding lookup reads one row and is left out).
     pub fn decode_weight_bytes(&self) -> usize {
         let proj: usize = self.layers.iter().flat_map(|l| l.proj.iter()).map(Linear::weight_bytes).sum();
-        let head = match &self.quant_head {
-            Some(q) => q.storage_bytes(),
+        let head = match &self.infer_head {
+            Some(w) => w.storage_bytes(),
             None => tensor_bytes(self.lm_head_weight()),
         };
         proj + head
@@ -507,6 +541,40 @@ impl Model {
     /// The lm_head weight (`embed_tokens` when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Repacks the dense f32 projections and the output head for the CPU inference
+    /// kernel ([`crate::packed`]); returns how many matrices it packed. A no-op off the
+    /// CPU, for other dtypes and for trainable (variable) weights.
+    ///
+    /// Afterwards the model runs inference only: training and merging refuse the packed
+    /// projections with an error. Each projection's row-major tensor is dropped once
+    /// packed (unless another clone of the model still holds it); the embedding table
+    /// stays for token lookup, so a tied head costs its size twice.
+    pub fn pack_for_inference(&mut self) -> Result<usize> {
+        if !matches!(self.device, Device::Cpu) || self.dtype != DType::F32 {
+            return Ok(0);
+        }
+        let pack = |t: &Tensor| -> Result<Option<Weight>> {
+            if t.is_variable() {
+                return Ok(None);
+            }
+            Ok(PackedF32::from_tensor(t)?.map(|p| Weight::Packed(Arc::new(p))))
+        };
+        let mut packed = 0;
+        for lin in self.layers.iter_mut().flat_map(|l| l.proj.iter_mut()) {
+            if let Weight::Dense(t) = &lin.weight {
+                if let Some(w) = pack(t)? {
+                    lin.weight = w;
+                    packed += 1;
+                }
+            }
+        }
+        if self.infer_head.is_none() {
+            self.infer_head = pack(self.lm_head_weight())?;
+            packed += usize::from(self.infer_head.is_some());
+        }
+        Ok(packed)
     }
 
     /// A fresh KV cache sized for this model.
@@ -531,7 +599,7 @@ impl Model {
             layers,
             norm,
             lm_head,
-            quant_head,
+            infer_head: quant_head.map(Weight::Quantized),
             device: device.clone(),
             recompute_layers: 0,
             config,
@@ -582,7 +650,7 @@ impl Model {
             Some(randt((c.vocab_size, c.hidden_size))?)
         };
         Ok(Model {
-            quant_head: None,
+            infer_head: None,
             recompute_layers: 0,
             inv_freq: inv_freq(c),
             embed_tokens,
@@ -663,7 +731,7 @@ impl Model {
             Some(get("lm_head.weight", &[c.vocab_size, c.hidden_size])?)
         };
         Ok(Model {
-            quant_head: None,
+            infer_head: None,
             recompute_layers: 0,
             inv_freq: inv_freq(c),
             embed_tokens,
@@ -1225,10 +1293,10 @@ impl Model {
 
     /// Inference logits of final hidden states `[.., hidden]` (quantized head if any).
     pub(crate) fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(match &self.quant_head {
-            Some(q) => q.forward(h)?,
-            None => crate::ops::infer_linear(h, self.lm_head_weight())?,
-        })
+        match &self.infer_head {
+            Some(w) => w.forward(h),
+            None => Ok(crate::ops::infer_linear(h, self.lm_head_weight())?),
+        }
     }
 }
 

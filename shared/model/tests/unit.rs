@@ -224,3 +224,67 @@ fn right_padded_batch() {
     assert_eq!(b.targets, vec![6, 7, 0, 0, 0, 0]);
     assert!(fc_model::TokenBatch::right_padded(&[], 0).is_err());
 }
+
+#[test]
+fn a_packed_model_infers_like_the_dense_one_and_refuses_training() {
+    let dense = common::tiny_model(DType::F32, 3);
+    let mut packed = dense.clone();
+    let projections: usize = dense.layers.iter().map(|l| l.proj.len()).sum();
+    assert_eq!(
+        packed.pack_for_inference().unwrap(),
+        projections + 1,
+        "every projection and the head"
+    );
+    assert_eq!(
+        packed.pack_for_inference().unwrap(),
+        0,
+        "packing twice packs nothing more"
+    );
+    assert!(!packed.is_quantized());
+
+    // Prefill, then one decode step: the logits agree with the dense model's.
+    let (mut ca, mut cb) = (dense.new_cache(), packed.new_cache());
+    for ids in [vec![5u32, 9, 2, 11, 40, 7], vec![13]] {
+        let t = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let a = dense.forward(&t, &mut ca, None).unwrap();
+        let b = packed.forward(&t, &mut cb, None).unwrap();
+        let scale = a
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = common::max_abs_diff(&a, &b);
+        assert!(
+            diff <= 1e-5 * (1.0 + scale),
+            "{ids:?}: diff {diff}, scale {scale}"
+        );
+    }
+
+    // The weights it would save are the dense ones, bit for bit.
+    let (na, nb) = (
+        dense.named_tensors().unwrap(),
+        packed.named_tensors().unwrap(),
+    );
+    assert_eq!(na.len(), nb.len());
+    for ((ka, ta), (kb, tb)) in na.iter().zip(&nb) {
+        assert_eq!(ka, kb);
+        assert_eq!(common::max_abs_diff(ta, tb), 0.0, "{ka}");
+    }
+
+    // Training needs the dense layout: a clear error, not a panic.
+    let batch = fc_model::TokenBatch::right_padded(&[vec![5, 6, 7]], 0).unwrap();
+    let err = packed
+        .train_logprobs(&batch, None, None, 16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("packed for CPU inference"), "{err}");
+
+    // Other dtypes are left as they are.
+    let mut bf = common::tiny_model(DType::BF16, 3);
+    assert_eq!(bf.pack_for_inference().unwrap(), 0);
+}

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fc_engine::{Engine, EngineConfig, Event, Request, SamplingParams};
+use fc_model::packed::PackedF32;
 use fc_model::{DType, Device, GgufDType, Model, ModelConfig};
 
 /// The services run on mimalloc (fc-runtime); measure the engine the same way.
@@ -256,7 +257,7 @@ fn read_bandwidth() -> f64 {
     best
 }
 
-/// `FC_BENCH_KERNEL=1`: GB/s of the skinny f32 kernel alone on the decode shapes, each
+/// `FC_BENCH_KERNEL=1`: GB/s of the packed f32 kernel ([`fc_model::packed`]) alone on the decode shapes, each
 /// streamed from memory as in a decode step (a ~512 MiB run of copies, walked in turn).
 /// First, the kernel on one 8 MiB weight that stays in L3, which bounds what the
 /// streamed runs can reach from compute alone; `FC_BENCH_KERNEL=cached` stops there.
@@ -264,12 +265,13 @@ fn kernel_probe() {
     {
         let (n, k) = (2048usize, 1024usize);
         let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
-        for m in [1usize, 8] {
+        let w = PackedF32::pack(&w, n, k);
+        for m in [1usize, 8, 64] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let reps = 2000;
             let t = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, &w, n, k));
+                std::hint::black_box(w.matmul(&x, m));
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
             eprintln!("cached n {n} k {k} m {m}: {:.1} us, {:.1} GMAC/s", s * 1e6, (m * n * k) as f64 / s / 1e9);
@@ -280,14 +282,16 @@ fn kernel_probe() {
     }
     for (n, k) in [(151_936usize, 1024usize), (2048, 1024), (1024, 1024), (1024, 2048), (3072, 1024), (1024, 3072)] {
         let copies = ((512usize << 20) / (n * k * 4)).max(1);
-        let w: Vec<f32> = (0..copies * n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let w: Vec<PackedF32> = (0..copies)
+            .map(|c| PackedF32::pack(&(0..n * k).map(|i| ((i + c) % 13) as f32 * 0.01).collect::<Vec<_>>(), n, k))
+            .collect();
         for m in [1usize, 8] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let reps = 3;
             let t = Instant::now();
             for _ in 0..reps {
-                for c in w.chunks_exact(n * k) {
-                    std::hint::black_box(fc_model::gemv::matmul_rows(&x, m, c, n, k));
+                for c in &w {
+                    std::hint::black_box(c.matmul(&x, m));
                 }
             }
             let s = t.elapsed().as_secs_f64() / (reps * copies) as f64;
@@ -334,10 +338,12 @@ fn q8_kernel_probe(n: usize, k: usize) {
 /// the `--q8` file's model when one is given, else the dense one.
 fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxError> {
     use fc_model::batch::{forward_ragged, KvMemory, RaggedInput, SeqKv};
-    let model = match q8 {
+    let mut model = match q8 {
         Some(f) => Model::load_gguf(f, &Device::Cpu)?,
         None => Model::load(dir, &Device::Cpu, DType::F32)?,
     };
+    // As the engine runs it.
+    model.pack_for_inference()?;
     let mem = KvMemory::new();
     for n in [1, ways] {
         let mut caches: Vec<SeqKv> = (0..n).map(|_| SeqKv::new(&model, &mem)).collect();
