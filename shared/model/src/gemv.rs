@@ -10,6 +10,11 @@
 //! The dot products use AVX2+FMA when the CPU has them (checked at run time, so the
 //! binary stays portable) and a plain loop the compiler vectorizes otherwise. Each row's
 //! result does not depend on which other rows are in the batch.
+//!
+//! The engine does not come here: it packs its model's weights into panels
+//! ([`crate::packed`]), whose kernel overlaps the multiply with the weight stream far
+//! better at 8 rows. This kernel serves dense models that are not packed (generation
+//! inside training, tests), and [`dot`] the attention's scores.
 
 // The SIMD tiles index their register arrays by (column, row) on purpose.
 #![allow(clippy::needless_range_loop)]

@@ -511,35 +511,44 @@ mod tests {
         }
     }
 
+    /// Every instruction set this CPU has, not only the one `matmul` picks: each agrees
+    /// with the reference, and its rows do not depend on the batch.
     #[test]
-    fn the_portable_tile_agrees_with_the_reference() {
-        let (m, n, k) = (3, 40, 600);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-            .collect();
-        let p = PackedF32::pack(&w, n, k);
-        let mut y = vec![0f32; m * n];
-        for pi in 0..n.div_ceil(PANEL) {
-            let cols = PANEL.min(n - pi * PANEL);
-            // SAFETY: as in `matmul`, single-threaded.
-            unsafe {
-                panel(
-                    Isa::Portable,
-                    &p.data[pi * PANEL * k..(pi + 1) * PANEL * k],
-                    &x,
-                    m,
-                    k,
-                    y.as_mut_ptr().add(pi * PANEL),
-                    n,
-                    cols,
-                )
-            };
+    fn every_available_tile_agrees_with_the_reference() {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
         }
-        for (a, b) in y.iter().zip(reference(&x, m, &w, n, k)) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        let run = |isa: Isa, p: &PackedF32, x: &[f32], m: usize| {
+            let (n, k) = p.dims();
+            let mut y = vec![0f32; m * n];
+            for pi in 0..n.div_ceil(PANEL) {
+                let cols = PANEL.min(n - pi * PANEL);
+                // SAFETY: as in `matmul` (one panel, its own columns), on one thread; the
+                // instruction set is one this CPU has (checked above).
+                unsafe { panel(isa, &p.data[pi * PANEL * k..(pi + 1) * PANEL * k], x, m, k, y.as_mut_ptr().add(pi * PANEL), n, cols) };
+            }
+            y
+        };
+        for (m, n, k) in [(1, 40, 600), (3, 33, 17), (10, 70, 300)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let p = PackedF32::pack(&w, n, k);
+            let want = reference(&x, m, &w, n, k);
+            for &isa in &isas {
+                let got = run(isa, &p, &x, m);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{isa:?} m={m} n={n} k={k}: {a} vs {b}");
+                }
+                let last = run(isa, &p, &x[(m - 1) * k..], 1);
+                assert_eq!(&got[(m - 1) * n..], &last[..], "{isa:?} m={m}: last row alone");
+            }
         }
     }
 
