@@ -461,10 +461,11 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    /// `x [m, k] w[n, k]^T` summed in f64 (for the kernels' tests).
+    pub(crate) fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
         let mut y = vec![0f32; m * n];
         for r in 0..m {
             for j in 0..n {

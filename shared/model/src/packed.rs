@@ -279,6 +279,11 @@ unsafe fn panel(
     }
 }
 
+/// The spans `kb..ke` of the input dim that each sum in one chain, in order.
+fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).step_by(K_SUM_BLOCK).map(move |kb| (kb, (kb + K_SUM_BLOCK).min(k)))
+}
+
 /// Adds a block's partial sums `acc[r][..cols]` into output row `r` (or stores them, for
 /// the first block).
 ///
@@ -316,9 +321,7 @@ unsafe fn portable_tile<const R: usize>(
     ldo: usize,
     cols: usize,
 ) -> usize {
-    let mut kb = 0;
-    while kb < k {
-        let ke = (kb + K_SUM_BLOCK).min(k);
+    for (kb, ke) in k_blocks(k) {
         let mut acc = [[0f32; PANEL]; R];
         for i in kb..ke {
             let wi = &w[i * PANEL..(i + 1) * PANEL];
@@ -330,14 +333,13 @@ unsafe fn portable_tile<const R: usize>(
             }
         }
         fold(&acc, kb == 0, out, ldo, cols);
-        kb = ke;
     }
     R
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{K_SUM_BLOCK, PANEL};
+    use super::{k_blocks, PANEL};
     use std::arch::x86_64::*;
 
     /// How far ahead of the step being read the panel is prefetched (bytes): 32 steps.
@@ -366,9 +368,7 @@ mod avx512 {
             }
         };
         let masks = [lanes(cols), lanes(cols.saturating_sub(16))];
-        let mut kb = 0;
-        while kb < k {
-            let ke = (kb + K_SUM_BLOCK).min(k);
+        for (kb, ke) in k_blocks(k) {
             let mut a = [[_mm512_setzero_ps(); R]; 2];
             for i in kb..ke {
                 let wp = w.add(i * PANEL);
@@ -398,7 +398,6 @@ mod avx512 {
                     _mm512_mask_storeu_ps(dst, masks[v], sum);
                 }
             }
-            kb = ke;
         }
         R
     }
@@ -406,7 +405,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{fold, K_SUM_BLOCK, PANEL};
+    use super::{fold, k_blocks, PANEL};
     use std::arch::x86_64::*;
 
     /// `R <= 2` rows of `x` against a panel: 4 x `R` accumulators in the 16 AVX2
@@ -423,9 +422,7 @@ mod avx2 {
         ldo: usize,
         cols: usize,
     ) -> usize {
-        let mut kb = 0;
-        while kb < k {
-            let ke = (kb + K_SUM_BLOCK).min(k);
+        for (kb, ke) in k_blocks(k) {
             let mut a = [[_mm256_setzero_ps(); R]; 4];
             for i in kb..ke {
                 let wp = w.add(i * PANEL);
@@ -449,7 +446,6 @@ mod avx2 {
                 }
             }
             fold(&acc, kb == 0, out, ldo, cols);
-            kb = ke;
         }
         R
     }
@@ -459,17 +455,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-        let mut y = vec![0f32; m * n];
-        for r in 0..m {
-            for j in 0..n {
-                y[r * n + j] = (0..k)
-                    .map(|t| x[r * k + t] as f64 * w[j * k + t] as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        y
-    }
+    use crate::gemv::tests::reference;
 
     #[test]
     fn matches_a_plain_matmul_for_every_row_count_and_odd_sizes() {
