@@ -580,11 +580,7 @@ fn forward_ragged_in_pool(
     }
     let n = ids.len();
     let dev = model.device();
-    let ids_t = Tensor::from_slice(&ids, n, dev)?;
-    let mut x = model
-        .embed_tokens
-        .index_select(&ids_t, 0)?
-        .reshape((1, n, c.hidden_size))?;
+    let mut x = model.embed_rows(&ids)?.reshape((1, n, c.hidden_size))?;
     let (cos, sin) = rope_tables(model, &positions)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let neg = mask_value(model.dtype());

@@ -400,7 +400,7 @@ pub fn quantize_model(model: &Model, dtype: GgufDType) -> Result<(NamedQTensors,
     };
     out.push(mat(
         "token_embd.weight".into(),
-        &model.embed_tokens,
+        &model.embedding_table()?,
         dtype.embedding_dtype(),
     )?);
     for (i, l) in model.layers.iter().enumerate() {

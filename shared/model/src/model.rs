@@ -149,6 +149,29 @@ impl Weight {
             Weight::Packed(p) => p.storage_bytes(),
         }
     }
+
+    /// The weight as a dense tensor on `device` (quantized ones dequantized to f32,
+    /// packed ones unpacked).
+    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Quantized(q) => q.dequantize(device),
+            Weight::Packed(p) => Ok(p.to_tensor(device)?),
+        }
+    }
+
+    /// Rows `ids` as an f32 `[ids.len(), in]` tensor, read straight from a packed or our
+    /// Q8_0 layout (the embedding lookup of a tied head that holds the only copy of the
+    /// table); `None` for other kinds.
+    fn gather_rows(&self, ids: &[u32], device: &Device) -> Result<Option<Tensor>> {
+        let (rows, k) = match self {
+            Weight::Packed(p) => (p.gather_rows(ids), p.dims().1),
+            Weight::Quantized(QWeight::Q8(p)) => (p.gather_rows(ids), p.cols()),
+            _ => return Ok(None),
+        };
+        let rows = rows.ok_or_else(|| ModelError::Input("token id past the embedding table".into()))?;
+        Ok(Some(Tensor::from_vec(rows, (ids.len(), k), device)?))
+    }
 }
 
 /// A frozen linear layer (`y = x W^T + b`).
@@ -189,11 +212,7 @@ impl Linear {
     /// The weight as a dense tensor on `device` (quantized ones dequantized to f32,
     /// packed ones unpacked).
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
-        match &self.weight {
-            Weight::Dense(t) => Ok(t.clone()),
-            Weight::Quantized(q) => q.dequantize(device),
-            Weight::Packed(p) => Ok(p.to_tensor(device)?),
-        }
+        self.weight.to_dense(device)
     }
 
     /// Inference `x W^T + b` for any kind of weight (no autograd through it).
@@ -461,15 +480,19 @@ pub(crate) enum Masks {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
+    /// The embedding table `[vocab, hidden]`; empty (`[0, hidden]`) when a tied head holds
+    /// the only copy (a packed or Q8_0 head): read rows with [`Model::embed_rows`] and
+    /// the whole table with [`Model::embedding_table`].
     pub embed_tokens: Tensor,
     pub layers: Vec<DecoderLayer>,
     pub norm: Tensor,
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
     /// The output projection inference uses for logits when it is not the dense
-    /// `lm_head_weight()`: a GGUF model's quantized head (tied or not), whose dense
-    /// `lm_head_weight()` then holds the dequantized embedding table for token lookup
-    /// only, or the packed head of [`Model::pack_for_inference`].
+    /// `lm_head_weight()`: a GGUF model's quantized head (tied or not) or the packed head
+    /// of [`Model::pack_for_inference`]. When tied, our Q8_0 and packed heads also serve
+    /// the embedding lookup and the row-major table is dropped; other quantized heads
+    /// keep a dequantized table for the lookup.
     pub(crate) infer_head: Option<Weight>,
     device: Device,
     dtype: DType,
@@ -549,8 +572,9 @@ impl Model {
     ///
     /// Afterwards the model runs inference only: training and merging refuse the packed
     /// projections with an error. Each projection's row-major tensor is dropped once
-    /// packed (unless another clone of the model still holds it); the embedding table
-    /// stays for token lookup, so a tied head costs its size twice.
+    /// packed (unless another clone of the model still holds it); so is a tied
+    /// embedding table, whose rows the lookup then reads from the packed head
+    /// ([`Model::embed_rows`]).
     pub fn pack_for_inference(&mut self) -> Result<usize> {
         if !matches!(self.device, Device::Cpu) || self.dtype != DType::F32 {
             return Ok(0);
@@ -572,9 +596,44 @@ impl Model {
         }
         if self.infer_head.is_none() {
             self.infer_head = pack(self.lm_head_weight())?;
-            packed += usize::from(self.infer_head.is_some());
+            if self.infer_head.is_some() {
+                packed += 1;
+                if self.lm_head.is_none() {
+                    self.embed_tokens = Tensor::zeros((0, self.config.hidden_size), self.dtype, &self.device)?;
+                }
+            }
         }
         Ok(packed)
+    }
+
+    /// Whether the embedding rows live only in the inference head (tied weights packed for
+    /// inference, or a tied Q8_0 GGUF table): `embed_tokens` is then empty.
+    fn table_in_head(&self) -> bool {
+        self.embed_tokens.dims().first() == Some(&0)
+    }
+
+    /// Embedding rows of `ids`, `[ids.len(), hidden]` (ids already checked against the
+    /// vocabulary).
+    pub fn embed_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        if self.table_in_head() {
+            if let Some(w) = &self.infer_head {
+                if let Some(rows) = w.gather_rows(ids, &self.device)? {
+                    return Ok(rows);
+                }
+            }
+            return Err(ModelError::Weight("the embedding table is missing".into()));
+        }
+        let t = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed_tokens.index_select(&t, 0)?)
+    }
+
+    /// The embedding table as a dense tensor (rebuilt from the head when only the head
+    /// holds it).
+    pub fn embedding_table(&self) -> Result<Tensor> {
+        match &self.infer_head {
+            Some(w) if self.table_in_head() => w.to_dense(&self.device),
+            _ => Ok(self.embed_tokens.clone()),
+        }
     }
 
     /// A fresh KV cache sized for this model.
@@ -749,7 +808,7 @@ impl Model {
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
+            self.embedding_table()?,
         )];
         for (i, l) in self.layers.iter().enumerate() {
             let pre = format!("model.layers.{i}");
@@ -1079,11 +1138,7 @@ impl Model {
 
     fn embed(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
         check_ids(ids, self.config.vocab_size)?;
-        let ids = Tensor::from_slice(ids, b * t, &self.device)?;
-        Ok(self
-            .embed_tokens
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.config.hidden_size))?)
+        Ok(self.embed_rows(ids)?.reshape((b, t, self.config.hidden_size))?)
     }
 
     /// Final hidden states `[B, T, H]` (after the final norm) of the training path.

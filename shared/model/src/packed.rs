@@ -123,6 +123,22 @@ impl PackedF32 {
         w
     }
 
+    /// Rows `ids` of the weight, row-major `[ids.len(), k]`: the embedding lookup of a
+    /// tied head whose row-major table was dropped. `None` when an id is `>= n`.
+    pub fn gather_rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let k = self.k;
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let col = id as usize;
+            if col >= self.n {
+                return None;
+            }
+            let panel = &self.data[col / PANEL * PANEL * k..][..PANEL * k];
+            out.extend(panel.iter().skip(col % PANEL).step_by(PANEL));
+        }
+        Some(out)
+    }
+
     /// The weight as a row-major `[n, k]` tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
         Tensor::from_vec(self.unpack(), (self.n, self.k), device)

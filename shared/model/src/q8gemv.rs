@@ -124,20 +124,40 @@ impl PackedQ8 {
 
     /// The weight as a dense f32 `[n, k]` tensor.
     pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
-        let (n, k, kb) = (self.n, self.k, self.k / QK);
+        let (n, k) = (self.n, self.k);
         let mut out = vec![0f32; n * k];
-        for (t, tile) in self.data.chunks_exact(kb * TILE_BLOCK_BYTES).enumerate() {
-            for (b, blk) in tile.chunks_exact(TILE_BLOCK_BYTES).enumerate() {
-                for row in 0..TILE {
-                    let d = f16::from_le_bytes([blk[row * 2], blk[row * 2 + 1]]).to_f32();
-                    for v in 0..QK {
-                        let q = blk[TILE * 2 + ((v / 4) * TILE + row) * 4 + v % 4] as i16 - 128;
-                        out[(t * TILE + row) * k + b * QK + v] = d * q as f32;
-                    }
-                }
-            }
+        for (r, row) in out.chunks_exact_mut(k).enumerate() {
+            self.dequantize_row(r, row);
         }
         Tensor::from_vec(out, (n, k), device)
+    }
+
+    /// Rows `ids` dequantized, row-major `[ids.len(), k]` (each value `d * q` as GGUF
+    /// defines it): the embedding lookup of a tied Q8_0 table kept only in this form.
+    /// `None` when an id is `>= n`.
+    pub fn gather_rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
+            if id as usize >= self.n {
+                return None;
+            }
+            self.dequantize_row(id as usize, row);
+        }
+        Some(out)
+    }
+
+    /// Row `r` (`< n`) into `out` (`k` values).
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let kb = self.k / QK;
+        let (t, lane) = (r / TILE, r % TILE);
+        let tile = &self.data[t * kb * TILE_BLOCK_BYTES..(t + 1) * kb * TILE_BLOCK_BYTES];
+        for (blk, dst) in tile.chunks_exact(TILE_BLOCK_BYTES).zip(out.chunks_exact_mut(QK)) {
+            let d = f16::from_le_bytes([blk[lane * 2], blk[lane * 2 + 1]]).to_f32();
+            for (v, o) in dst.iter_mut().enumerate() {
+                let q = blk[TILE * 2 + ((v / 4) * TILE + lane) * 4 + v % 4] as i16 - 128;
+                *o = d * q as f32;
+            }
+        }
     }
 
     /// `x [.., k] W^T` for a CPU f32 `x`; `None` when `x` is not that.

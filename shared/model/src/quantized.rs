@@ -269,7 +269,6 @@ fn from_qtensors(config: ModelConfig, mut t: HashMap<String, QTensor>, device: &
     }
     let norm = dense(&take("output_norm.weight", &[c.hidden_size])?)?;
     let embd = take("token_embd.weight", &[c.vocab_size, c.hidden_size])?;
-    let embed_tokens = dense(&embd)?;
     let output = t.remove("output.weight");
     if let Some(q) = &output {
         if q.shape().dims() != [c.vocab_size, c.hidden_size] {
@@ -278,11 +277,20 @@ fn from_qtensors(config: ModelConfig, mut t: HashMap<String, QTensor>, device: &
     }
     // The head: a separate `output.weight` or the (tied) embedding table; a quantized
     // one is read in its blocks, a float one is the dense weight.
-    let (lm_head, quant_head) = match output {
-        Some(q) if is_float(&q) => (Some(dense(&q)?), None),
-        Some(q) => (Some(dense(&q)?), Some(QWeight::new(q))),
-        None if is_float(&embd) => (None, None),
-        None => (None, Some(QWeight::new(embd))),
+    // A tied Q8_0 table repacked for our kernel is the only copy: the embedding lookup
+    // dequantizes its rows (`Model::embed_rows`), so no f32 table (4x its size) is kept.
+    let (embed_tokens, lm_head, quant_head) = match output {
+        Some(q) if is_float(&q) => (dense(&embd)?, Some(dense(&q)?), None),
+        Some(q) => (dense(&embd)?, Some(dense(&q)?), Some(QWeight::new(q))),
+        None if is_float(&embd) => (dense(&embd)?, None, None),
+        None => {
+            let head = QWeight::new(embd);
+            let table = match head {
+                QWeight::Q8(_) => Tensor::zeros((0, c.hidden_size), DType::F32, device)?,
+                QWeight::Candle(_) => head.dequantize(device)?,
+            };
+            (table, None, Some(head))
+        }
     };
     Ok(Model::from_parts(config, embed_tokens, layers, norm, lm_head, quant_head, device))
 }

@@ -166,6 +166,15 @@ fn quantized_gguf_stays_close() {
         let ex = export_gguf(&model, dir.path(), &out, dt).unwrap();
         assert!(ex.fallbacks.is_empty(), "{:?}", ex.fallbacks);
         let q = Model::load_gguf(&out, &Device::Cpu).unwrap();
+        if dt == GgufDType::Q8_0 && fc_model::q8gemv::available() {
+            assert_eq!(q.embed_tokens.dims()[0], 0, "a tied Q8_0 table lives only in the head");
+        }
+        // Embedding rows are the table's rows, wherever the table lives.
+        let table = q.embedding_table().unwrap();
+        let ids = [0u32, 7, q.config.vocab_size as u32 - 1];
+        let rows = q.embed_rows(&ids).unwrap();
+        let want = table.index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0).unwrap();
+        assert_eq!(max_abs_diff(&rows, &want), 0.0, "{dt:?}");
         let (d, std, same) = compare(&model, &q, 1);
         println!(
             "{dt:?}: {} bytes, max diff {d:.3} (logit std {std:.2}, rel {:.3}), greedy agree {same}",

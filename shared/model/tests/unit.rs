@@ -241,6 +241,9 @@ fn a_packed_model_infers_like_the_dense_one_and_refuses_training() {
         "packing twice packs nothing more"
     );
     assert!(!packed.is_quantized());
+    assert_eq!(packed.embed_tokens.dims()[0], 0, "the tied table lives in the packed head");
+    let ids = [0u32, 5, 60];
+    assert_eq!(common::max_abs_diff(&packed.embed_rows(&ids).unwrap(), &dense.embed_rows(&ids).unwrap()), 0.0);
 
     // Prefill, then one decode step: the logits agree with the dense model's.
     let (mut ca, mut cb) = (dense.new_cache(), packed.new_cache());

@@ -344,6 +344,7 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
     };
     // As the engine runs it.
     model.pack_for_inference()?;
+
     let mem = KvMemory::new();
     for n in [1, ways] {
         let mut caches: Vec<SeqKv> = (0..n).map(|_| SeqKv::new(&model, &mem)).collect();
@@ -364,5 +365,15 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
         let dt = t.elapsed().as_secs_f64() / steps as f64;
         eprintln!("ragged forward, {n} sequences: {:.1} ms/step, {:.1} tok/s", dt * 1e3, n as f64 / dt);
     }
+    if let Some(mib) = resident_mib() {
+        eprintln!("resident memory: {mib:.0} MiB");
+    }
     Ok(())
+}
+
+/// This process's resident memory (Linux `/proc/self/statm`, 4 KiB pages).
+fn resident_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1 << 20) as f64)
 }
