@@ -394,14 +394,21 @@ fn decode_attention(
     let total: usize = segs.iter().map(|(k, _)| k.dim(2)).sum::<candle_core::Result<usize>>()?;
     // scores[h * total + p]
     let mut scores = vec![0f32; hq * total];
+    // Query heads `g * n_rep..(g + 1) * n_rep` share KV head `g`.
     let keys_done = over_segments(segs.iter().map(|(k, _)| k), |data, off, sh, sp, base, len| {
-        for h in 0..hq {
-            let qh = &qv[h * d..(h + 1) * d];
-            let kh = off + (h / n_rep) * sh;
-            for p in 0..len {
-                let kp = &data[kh + p * sp..kh + p * sp + d];
-                scores[h * total + base + p] = crate::gemv::dot(qh, kp) * scale as f32;
-            }
+        for g in 0..hq / n_rep {
+            let rows = g * n_rep..(g + 1) * n_rep;
+            crate::decode_attn::scores(
+                &qv[rows.start * d..rows.end * d],
+                n_rep,
+                d,
+                &data[off + g * sh..],
+                sp,
+                len,
+                scale as f32,
+                &mut scores[rows.start * total + base..],
+                total,
+            );
         }
     })?;
     if !keys_done {
@@ -415,14 +422,18 @@ fn decode_attention(
     }
     let mut out = vec![0f32; hq * d];
     let values_done = over_segments(segs.iter().map(|(_, v)| v), |data, off, sh, sp, base, len| {
-        for h in 0..hq {
-            let oh = &mut out[h * d..(h + 1) * d];
-            let vh = off + (h / n_rep) * sh;
-            for p in 0..len {
-                let w = scores[h * total + base + p];
-                let vp = &data[vh + p * sp..vh + p * sp + d];
-                oh.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
-            }
+        for g in 0..hq / n_rep {
+            let rows = g * n_rep..(g + 1) * n_rep;
+            crate::decode_attn::weighted_values(
+                &scores[rows.start * total + base..],
+                total,
+                n_rep,
+                d,
+                &data[off + g * sh..],
+                sp,
+                len,
+                &mut out[rows.start * d..rows.end * d],
+            );
         }
     })?;
     if !values_done {

@@ -10,6 +10,7 @@ pub mod attn;
 pub mod batch;
 mod blocks;
 pub mod config;
+mod decode_attn;
 pub mod error;
 pub mod generate;
 pub mod gguf;
