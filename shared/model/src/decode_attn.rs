@@ -81,7 +81,7 @@ mod avx512 {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
         let has = *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"));
-        (has && d % 16 == 0 && (16..=128).contains(&d)).then_some(d / 16)
+        (has && d.is_multiple_of(16) && (16..=128).contains(&d)).then_some(d / 16)
     }
 
     macro_rules! by_shape {
