@@ -324,7 +324,11 @@ mod avx512 {
     /// or two rows the even and odd 4-value groups apart too: `vpdpbusd` has a latency of
     /// several cycles, and a single chain of them would leave the load stream waiting.
     /// More rows are chains enough by themselves, and pairs there ran out of registers
-    /// (8-way decode step 26.3 -> 24.4 ms with single blocks).
+    /// (8-way decode step 26.3 -> 24.4 ms with single blocks). On a Zen 5 VM the 8-row
+    /// pass is bound by `vpdpbusd` throughput (about one a cycle per core: the 0.6B head at
+    /// 8 rows takes 2.9 ms against 2.5 for one row): there even/odd sums for 8 rows
+    /// measured the same, pairs of blocks 21.3 -> 23.4 ms a step, and 8 rows as two passes
+    /// of 4 -> 24.9 ms.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn rows_n<const R: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
         if R <= 2 {
