@@ -442,6 +442,30 @@ fn decode_attention(
     Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), q.device())?))
 }
 
+/// A layer's q, k, v projections (`[1, n, heads * hd]`) as head-major `[1, H, n, hd]`, q and
+/// k normed per head (Qwen3) and rotated, in one pass each ([`crate::rowops`]); `None`
+/// when a tensor is not CPU f32 (the caller takes candle's ops).
+fn heads_major_qkv(
+    l: &crate::model::DecoderLayer,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (hq, hkv, hd): (usize, usize, usize),
+    eps: f64,
+    rope: Option<&crate::rowops::Rope<'_>>,
+) -> Option<(Tensor, Tensor, Tensor)> {
+    use crate::rowops::heads_major;
+    let rope = rope?;
+    let eps = eps as f32;
+    let (qn, kn) = match (&l.q_norm, &l.k_norm) {
+        (Some(qn), Some(kn)) => (Some((qn, eps)), Some((kn, eps))),
+        _ => (None, None),
+    };
+    Some((
+        heads_major(q, hq, hd, qn, Some(rope))?,
+        heads_major(k, hkv, hd, kn, Some(rope))?,
+        heads_major(v, hkv, hd, None, None)?,
+    ))
+}
+
 /// What one sequence's attention reads in a layer: the projected `q`, `k`, `v` of the
 /// whole ragged batch (`[1, H, N, D]`), the layer, and the head layout.
 struct LayerQkv<'a> {
@@ -593,6 +617,12 @@ fn forward_ragged_in_pool(
     let dev = model.device();
     let mut x = model.embed_rows(&ids)?.reshape((1, n, c.hidden_size))?;
     let (cos, sin) = rope_tables(model, &positions)?;
+    // The same tables as slices, for the fused q/k path on CPU f32.
+    let rope_vecs = match (model.dtype(), dev.is_cpu()) {
+        (DType::F32, true) => Some((cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?)),
+        _ => None,
+    };
+    let rope_cpu = rope_vecs.as_ref().map(|(c, s)| crate::rowops::Rope { cos: c, sin: s });
     let scale = 1.0 / (hd as f64).sqrt();
     let neg = mask_value(model.dtype());
     // Causal masks for multi-token chunks, `[t, own_len + t]`, built once per sequence.
@@ -617,18 +647,25 @@ fn forward_ragged_in_pool(
             || linear(model, &h, i, Proj::Q, lora),
             || both(|| linear(model, &h, i, Proj::K, lora), || linear(model, &h, i, Proj::V, lora)),
         );
-        let mut q = q?.reshape((1, n, hq, hd))?;
-        let mut k = k?.reshape((1, n, hkv, hd))?;
-        let v = v?.reshape((1, n, hkv, hd))?;
-        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            q = rms_norm_fused(&q, qn, eps)?;
-            k = rms_norm_fused(&k, kn, eps)?;
-        }
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let (q, k, v) = (q?, k?, v?);
+        let (q, k, v) = match heads_major_qkv(l, (&q, &k, &v), (hq, hkv, hd), eps, rope_cpu.as_ref()) {
+            Some(qkv) => qkv,
+            None => {
+                let mut q = q.reshape((1, n, hq, hd))?;
+                let mut k = k.reshape((1, n, hkv, hd))?;
+                let v = v.reshape((1, n, hkv, hd))?;
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    q = rms_norm_fused(&q, qn, eps)?;
+                    k = rms_norm_fused(&k, kn, eps)?;
+                }
+                let q = q.transpose(1, 2)?.contiguous()?;
+                let k = k.transpose(1, 2)?.contiguous()?;
+                let v = v.transpose(1, 2)?.contiguous()?;
+                let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+                let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+                (q, k, v)
+            }
+        };
         let qkv = LayerQkv { q: &q, k: &k, v: &v, layer: i, heads: (hq, hkv, hd, n_rep), scale };
         // Sequences attend independently (each to its own cache), so a batch of them
         // spreads over the pool instead of running one after another on this thread.
@@ -654,7 +691,11 @@ fn forward_ragged_in_pool(
         let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
         let (gate, up) = both(|| linear(model, &h, i, Proj::Gate, lora), || linear(model, &h, i, Proj::Up, lora));
         let (gate, up) = (gate?, up?);
-        let down = linear(model, &(gate.silu()? * up)?, i, Proj::Down, lora)?;
+        let gu = match crate::rowops::silu_mul(&gate, &up) {
+            Some(gu) => gu,
+            None => (gate.silu()? * up)?,
+        };
+        let down = linear(model, &gu, i, Proj::Down, lora)?;
         x = (x + down)?;
     }
     for (s, &(_, t)) in seqs.iter_mut().zip(&ranges) {

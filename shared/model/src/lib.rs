@@ -24,6 +24,7 @@ pub mod quantized;
 pub mod gemv;
 pub mod q8gemv;
 mod recompute;
+mod rowops;
 pub mod tiny;
 
 pub use config::{Arch, ModelConfig};

@@ -218,6 +218,19 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> Acts {
 
 /// Quantizes consecutive blocks of `x` into `q`, their scales `d` and sums' starts `s`.
 fn quantize_span(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: `available()` checked AVX-512 F/BW.
+        unsafe { avx512::quantize_span(q, d, s, x) };
+        return;
+    }
+    quantize_span_scalar(q, d, s, x)
+}
+
+/// [`quantize_span`] one block at a time with [`quantize_block`]. The vector version gives
+/// the same bits (a test holds them together); at 8 activation rows it took a quarter of a
+/// small projection's time here, since without target features this loop compiles to SSE2.
+fn quantize_span_scalar(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
     for (((q, d), s), x) in q.chunks_exact_mut(QK).zip(d).zip(s).zip(x.chunks_exact(QK)) {
         if let (Ok(x), Ok(q)) = (x.try_into(), q.try_into()) {
             (*d, *s) = quantize_block(x, q);
@@ -291,6 +304,38 @@ mod avx512 {
     #![allow(clippy::needless_range_loop)]
     use super::{Acts, QK, TILE, TILE_BLOCK_BYTES};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_span`] with 512-bit registers: a block is two registers. Same
+    /// bits as [`super::quantize_block`]: `max` takes its second operand where the first
+    /// is NaN (so NaNs drop out of the block's max and quantize to -127, as `f32::max`
+    /// does there), and the conversion rounds to nearest even like the scalar trick.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW present.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_span(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
+        let blocks = d.len().min(s.len()).min(x.len() / QK).min(q.len() / QK);
+        let abs = _mm512_set1_epi32(0x7fff_ffff);
+        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        for b in 0..blocks {
+            let p = x.as_ptr().add(b * QK);
+            let (x0, x1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            let a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), abs));
+            let a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), abs));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, _mm512_max_ps(a1, _mm512_setzero_ps())));
+            let scale = amax / 127.0;
+            let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let r0 = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x0, inv), lo), hi);
+            let r1 = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x1, inv), lo), hi);
+            let i0 = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r0);
+            let i1 = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r1);
+            let out = q.as_mut_ptr().add(b * QK);
+            _mm_storeu_si128(out as *mut __m128i, _mm512_cvtepi32_epi8(i0));
+            _mm_storeu_si128(out.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(i1));
+            *d.get_unchecked_mut(b) = scale;
+            *s.get_unchecked_mut(b) = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+        }
+    }
 
     /// Bytes ahead of the read position that the weight stream is prefetched (past the
     /// tile's end too: tiles of a task are contiguous). With one or two activation rows
@@ -500,6 +545,33 @@ mod tests {
         let (d, start) = quantize_block(&[0.0; QK], &mut q);
         assert_eq!((d, start), (0.0, 0));
         assert!(q.iter().all(|&v| v == 0));
+    }
+
+    /// The vector quantizer gives the scalar one's bits, odd values included.
+    #[test]
+    fn vector_quantizing_matches_the_scalar_blocks() {
+        if !available() {
+            return;
+        }
+        let blocks = 64;
+        let mut x: Vec<f32> = (0..blocks * QK).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / (1.0 + (i % 37) as f32)).collect();
+        // Ties, zeros, NaN, infinities, denormals, one huge value.
+        x[..QK].copy_from_slice(&[0.0; QK]);
+        for (i, v) in [127.0, 2.5, 3.5, -2.5, 0.5, -0.5, 1.5].into_iter().enumerate() {
+            x[QK + i] = v;
+        }
+        x[2 * QK] = f32::NAN;
+        x[2 * QK + 1] = f32::INFINITY;
+        x[3 * QK + 3] = f32::NEG_INFINITY;
+        x[4 * QK + 5] = 1e-40;
+        x[5 * QK + 9] = 3e38;
+        type Quantizer = fn(&mut [i8], &mut [f32], &mut [i32], &[f32]);
+        let run = |f: Quantizer| {
+            let (mut q, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; blocks], vec![0i32; blocks]);
+            f(&mut q, &mut d, &mut s, &x);
+            (q, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
+        };
+        assert_eq!(run(quantize_span), run(quantize_span_scalar));
     }
 
     #[test]

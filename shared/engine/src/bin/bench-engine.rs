@@ -5,7 +5,7 @@
 //! ```text
 //! bench-engine --write DIR [--tokenizer ../shared/qwen3-tokenizer] [--layers 28]
 //!     writes DIR (HF safetensors, f32, with the tokenizer files) and DIR/model-f32.gguf
-//! bench-engine --bench DIR [--q8 FILE.gguf] [--prompt 512] [--decode 32] [--ways 8]
+//! bench-engine --bench DIR [--q8 FILE.gguf [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8]
 //!     prints the markdown table (header + one row per weight type)
 //! ```
 //!
@@ -25,6 +25,23 @@ use fc_model::{DType, Device, GgufDType, Model, ModelConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "mimalloc")]
+extern "C" {
+    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+}
+
+/// Same setting as the services (`fc_runtime::tune_allocator`): freed memory stays mapped.
+/// Without it mimalloc hands freed pages back after 10 ms and the kernel zeroes them again
+/// on the next step: on a 2-core Xeon VM, ~900 page faults per 8-way Q8_0 decode step and
+/// `clear_page_erms` at 9-13% of the run's samples.
+fn tune_allocator() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: scalar C call; 15 is `mi_option_purge_delay` in mimalloc v2 and v3.
+    unsafe {
+        mi_option_set(15, -1);
+    }
+}
+
 struct Args {
     write: Option<PathBuf>,
     bench: Option<PathBuf>,
@@ -34,6 +51,8 @@ struct Args {
     prompt: usize,
     decode: usize,
     ways: usize,
+    /// `--skip-f32 1`: only the `--q8` row (quicker A/B runs of the quantized path).
+    skip_f32: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         prompt: 512,
         decode: 32,
         ways: 8,
+        skip_f32: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--prompt" => a.prompt = num()?,
             "--decode" => a.decode = num()?,
             "--ways" => a.ways = num()?,
+            "--skip-f32" => a.skip_f32 = num()? != 0,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -76,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    tune_allocator();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -83,7 +105,7 @@ fn main() {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "usage: bench-engine --write DIR [--tokenizer DIR] [--layers 28] | --bench DIR [--q8 FILE] [--prompt 512] [--decode 32] [--ways 8]"
+                "usage: bench-engine --write DIR [--tokenizer DIR] [--layers 28] | --bench DIR [--q8 FILE [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8]"
             );
             std::process::exit(2);
         }
@@ -114,9 +136,11 @@ fn run(a: &Args) -> Result<(), BoxError> {
         println!("| impl | weights | threads | prefill {} tok/s | decode b1 tok/s | decode {}-way tok/s | {}-way / b1 | weight MiB read per token | b1 / roofline |", a.prompt, a.ways, a.ways);
         println!("|---|---|---|---|---|---|---|---|---|");
         let tok = fc_chat::Tokenizer::from_dir(dir)?;
-        let dense = Model::load(dir, &Device::Cpu, DType::F32)?;
-        let row = measure(dense, tok.clone(), a)?;
-        print_row("f32", threads, bw, &row);
+        if !(a.skip_f32 && a.q8.is_some()) {
+            let dense = Model::load(dir, &Device::Cpu, DType::F32)?;
+            let row = measure(dense, tok.clone(), a)?;
+            print_row("f32", threads, bw, &row);
+        }
         if let Some(q8) = &a.q8 {
             let q = Model::load_gguf(q8, &Device::Cpu)?;
             let row = measure(q, tok, a)?;
@@ -277,6 +301,24 @@ fn kernel_probe() {
             eprintln!("cached n {n} k {k} m {m}: {:.1} us, {:.1} GMAC/s", s * 1e6, (m * n * k) as f64 / s / 1e9);
         }
     }
+    {
+        // The same for our Q8_0 kernel (2 MiB of weights: L2 or L3).
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use fc_model::quantized::QWeight;
+        let (n, k) = (2048usize, 1024usize);
+        let t = fc_model::Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).and_then(|t| QTensor::quantize(&t, GgmlDType::Q8_0)).expect("quantize");
+        let w = QWeight::new(t);
+        for m in [1usize, 8, 64] {
+            let x = fc_model::Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).expect("x");
+            let reps = 2000;
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(w.forward(&x).expect("forward"));
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!("cached Q8_0 n {n} k {k} m {m}: {:.1} us, {:.1} GMAC/s", s * 1e6, (m * n * k) as f64 / s / 1e9);
+        }
+    }
     if std::env::var("FC_BENCH_KERNEL").as_deref() == Ok("cached") {
         return;
     }
@@ -334,10 +376,12 @@ fn q8_kernel_probe(n: usize, k: usize) {
     }
 }
 
-/// `FC_BENCH_RAGGED=1`: the model's ragged forward alone (no engine), `ways` sequences;
-/// the `--q8` file's model when one is given, else the dense one.
+/// `FC_BENCH_RAGGED=1`: the model's ragged forward alone (no engine), batch 1 against `ways`
+/// sequences, `FC_BENCH_STEPS` decode steps each (16); the `--q8` file's model when one is
+/// given, else the dense one.
 fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxError> {
     use fc_model::batch::{forward_ragged, KvMemory, RaggedInput, SeqKv};
+    let started = Instant::now();
     let mut model = match q8 {
         Some(f) => Model::load_gguf(f, &Device::Cpu)?,
         None => Model::load(dir, &Device::Cpu, DType::F32)?,
@@ -345,26 +389,37 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
     // As the engine runs it.
     model.pack_for_inference()?;
 
+    // Batch 1 and `ways` sequences step in turn (this VM's speed drifts within seconds,
+    // so the ratio compares steps taken moments apart); medians of each.
     let mem = KvMemory::new();
-    for n in [1, ways] {
-        let mut caches: Vec<SeqKv> = (0..n).map(|_| SeqKv::new(&model, &mem)).collect();
-        let prompts: Vec<Vec<u32>> = (0..n).map(|i| prompt(32, 1000 + i as u64)).collect();
-        {
-            let mut inputs: Vec<RaggedInput> =
-                caches.iter_mut().zip(&prompts).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
-            forward_ragged(&model, None, &mut inputs)?;
-        }
-        let steps = std::env::var("FC_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-        let t = Instant::now();
-        for s in 0..steps {
-            let toks: Vec<[u32; 1]> = (0..n).map(|i| [(s * 31 + i * 7 + 5) as u32]).collect();
-            let mut inputs: Vec<RaggedInput> =
-                caches.iter_mut().zip(&toks).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
-            forward_ragged(&model, None, &mut inputs)?;
-        }
-        let dt = t.elapsed().as_secs_f64() / steps as f64;
-        eprintln!("ragged forward, {n} sequences: {:.1} ms/step, {:.1} tok/s", dt * 1e3, n as f64 / dt);
+    let sizes = [1, ways];
+    let mut caches: Vec<Vec<SeqKv>> = sizes.iter().map(|&n| (0..n).map(|_| SeqKv::new(&model, &mem)).collect()).collect();
+    for c in caches.iter_mut() {
+        let prompts: Vec<Vec<u32>> = (0..c.len()).map(|i| prompt(32, 1000 + i as u64)).collect();
+        let mut inputs: Vec<RaggedInput> = c.iter_mut().zip(&prompts).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
+        forward_ragged(&model, None, &mut inputs)?;
     }
+    let steps = std::env::var("FC_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(16).max(1);
+    // When the timed steps start, for `perf record -D`.
+    eprintln!("decode steps from {} ms", started.elapsed().as_millis());
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); sizes.len()];
+    for s in 0..steps {
+        for (c, t) in caches.iter_mut().zip(times.iter_mut()) {
+            let toks: Vec<[u32; 1]> = (0..c.len()).map(|i| [(s * 31 + i * 7 + 5) as u32]).collect();
+            let mut inputs: Vec<RaggedInput> = c.iter_mut().zip(&toks).map(|(c, p)| RaggedInput { tokens: p, cache: c }).collect();
+            let t0 = Instant::now();
+            forward_ragged(&model, None, &mut inputs)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mut medians = Vec::new();
+    for (n, t) in sizes.iter().zip(times.iter_mut()) {
+        t.sort_by(f64::total_cmp);
+        let med = t[t.len() / 2];
+        medians.push(*n as f64 / med);
+        eprintln!("ragged forward, {n} sequences: {:.1} ms/step median ({:.1}-{:.1}), {:.1} tok/s", med * 1e3, t[0] * 1e3, t[t.len() - 1] * 1e3, *n as f64 / med);
+    }
+    eprintln!("{ways}-way / batch 1: {:.2}x", medians[1] / medians[0]);
     if let Some(mib) = resident_mib() {
         eprintln!("resident memory: {mib:.0} MiB");
     }
