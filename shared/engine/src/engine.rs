@@ -27,7 +27,7 @@ use crate::sampler::{pick, Pick};
 use crate::stop::StopText;
 use candle_core::DType;
 use fc_chat::{IncrementalDecoder, Tokenizer};
-use fc_model::batch::{forward_ragged, kv_bytes_per_position, KvMemory, RaggedInput, SeqKv};
+use fc_model::batch::{forward_ragged, KvMemory, RaggedInput, SeqKv};
 use fc_model::{LoraAdapter, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -58,6 +58,30 @@ pub struct EngineConfig {
     pub max_prefill_tokens_per_step: usize,
     /// Seed of the generator that draws seeds for requests without one.
     pub seed: u64,
+    /// Type the KV cache stores. `None` keeps the model's dtype, so log-probs match a full
+    /// forward within float rounding. `Some(KvDtype::F16)` (llama.cpp's default cache
+    /// type) halves the cache and the bytes each decode step reads from it; keys and
+    /// values then carry f16 rounding (~5e-4 relative).
+    pub kv_cache_dtype: Option<KvDtype>,
+}
+
+/// A value type for the KV cache ([`EngineConfig::kv_cache_dtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDtype {
+    fn dtype(self) -> DType {
+        match self {
+            KvDtype::F32 => DType::F32,
+            KvDtype::F16 => DType::F16,
+            KvDtype::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -70,6 +94,7 @@ impl Default for EngineConfig {
             prefix_min_tokens: 32,
             max_prefill_tokens_per_step: 512,
             seed: 0x5eed,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -201,10 +226,13 @@ impl Engine {
         if config.max_batch == 0 {
             return Err(EngineError::InvalidRequest("max_batch must be > 0".into()));
         }
+        let mem = match config.kv_cache_dtype {
+            None => KvMemory::new(),
+            Some(d) => KvMemory::storing(d.dtype()),
+        };
         model.pack_for_inference()?;
         let (tx, rx) = std_mpsc::channel();
         let stats = Arc::new(StatsInner::default());
-        let mem = KvMemory::new();
         let shape = kv_shape(&model);
         let mut eos: Vec<u32> = tokenizer.eos_token_ids().to_vec();
         for &e in &model.config.eos_token_ids {
@@ -226,7 +254,7 @@ impl Engine {
             max_batch: config.max_batch,
             max_waiting: config.max_waiting,
         };
-        let bpp = kv_bytes_per_position(&model);
+        let bpp = mem.bytes_per_position(&model);
         let prefix = PrefixCache::new(config.prefix_cache_entries, config.prefix_min_tokens, 4);
         let mut worker = Worker {
             model,

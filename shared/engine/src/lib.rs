@@ -33,7 +33,7 @@ pub mod prefix;
 pub mod sampler;
 pub mod stop;
 
-pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats};
+pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, KvDtype};
 pub use error::EngineError;
 pub use params::{
     Allowed, Event, FinishReason, Output, Request, SamplingParams, StopMatch, TokenMask, Usage,

@@ -84,7 +84,18 @@ async fn wait_for(engine: &EngineHandle, f: impl Fn(&EngineStats) -> bool) -> En
 
 #[tokio::test]
 async fn batched_greedy_equals_one_at_a_time() {
-    let s = setup(EngineConfig::default());
+    check_batched_greedy(EngineConfig::default()).await;
+}
+
+/// The same on an f16 KV cache: a sequence's cache holds the same values whether it
+/// decodes alone or in a batch, so the outputs still agree exactly.
+#[tokio::test]
+async fn batched_greedy_equals_one_at_a_time_on_an_f16_cache() {
+    check_batched_greedy(EngineConfig { kv_cache_dtype: Some(fc_engine::KvDtype::F16), ..Default::default() }).await;
+}
+
+async fn check_batched_greedy(config: EngineConfig) {
+    let s = setup(config);
     let v = s.tok.vocab_size();
     let prompts: Vec<Vec<u32>> = [3, 9, 17, 30]
         .iter()

@@ -14,7 +14,9 @@
 //!   attention is done per sequence (over its own segments, with no padding), which is
 //!   where the ragged lengths live;
 //! * [`KvMemory`]: byte accounting of every KV buffer alive (decremented on drop), so an
-//!   engine can cap memory and observe that freed sequences return their bytes.
+//!   engine can cap memory and observe that freed sequences return their bytes, and the
+//!   type the buffers store: the model's own, or f16 ([`KvMemory::storing`]), which halves
+//!   the cache and what each decode step reads from it (llama.cpp's default cache type).
 //!
 //! The math is the inference path of [`Model::forward`] (same RoPE tables, fused RMSNorm,
 //! GQA folding, un-merged LoRA on the rank-r intermediate); a test checks the logits agree
@@ -32,21 +34,73 @@ use std::sync::Arc;
 /// Positions by which a private buffer grows at least (bounded by its limit).
 const OWN_CHUNK: usize = 64;
 
-/// Shared counter of bytes held by KV buffers created with it. Cloning shares the counter.
+/// Shared counter of bytes held by KV buffers created with it, and the value type those
+/// buffers store. Cloning shares the counter.
 #[derive(Debug, Clone, Default)]
-pub struct KvMemory(Arc<AtomicUsize>);
+pub struct KvMemory {
+    bytes: Arc<AtomicUsize>,
+    /// `None`: the model's dtype.
+    store: Option<DType>,
+}
 
 impl KvMemory {
+    /// Buffers in the model's dtype.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Buffers that store `dtype` (keys and values are converted as they are appended and
+    /// read back in the model's dtype; on CPU the decode kernels read f16 directly).
+    pub fn storing(dtype: DType) -> Self {
+        KvMemory { bytes: Arc::default(), store: Some(dtype) }
+    }
     /// Bytes currently allocated by live buffers.
     pub fn bytes(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
+    }
+    /// The type buffers hold for `model`.
+    pub fn dtype(&self, model: &Model) -> DType {
+        self.store.unwrap_or(model.dtype())
+    }
+    /// KV bytes one position costs in `model` with these buffers.
+    pub fn bytes_per_position(&self, model: &Model) -> usize {
+        let c = &model.config;
+        c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * self.dtype(model).size_in_bytes()
+    }
+    fn store_dtype(&self, appended: DType) -> DType {
+        self.store.unwrap_or(appended)
     }
 }
 
-/// KV bytes one position costs in `model` (all layers, keys and values).
+/// `t` as `dtype`: on CPU, f32 <-> f16 through `half`'s slice conversion (F16C where the
+/// CPU has it; candle converts one value at a time), otherwise candle's `to_dtype`.
+fn kv_as(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    if t.dtype() == dtype {
+        return Ok(t.clone());
+    }
+    if !t.device().is_cpu() {
+        return Ok(t.to_dtype(dtype)?);
+    }
+    let shape = t.shape().clone();
+    match (t.dtype(), dtype) {
+        (DType::F32, DType::F16) => {
+            let x = t.flatten_all()?.to_vec1::<f32>()?;
+            let mut h = vec![half::f16::ZERO; x.len()];
+            h.convert_from_f32_slice(&x);
+            Ok(Tensor::from_vec(h, shape, t.device())?)
+        }
+        (DType::F16, DType::F32) => {
+            let h = t.flatten_all()?.to_vec1::<half::f16>()?;
+            let mut x = vec![0f32; h.len()];
+            h.convert_to_f32_slice(&mut x);
+            Ok(Tensor::from_vec(x, shape, t.device())?)
+        }
+        _ => Ok(t.to_dtype(dtype)?),
+    }
+}
+
+/// KV bytes one position costs in `model` (all layers, keys and values) when the cache
+/// stores the model's dtype; [`KvMemory::bytes_per_position`] for the type a cache holds.
 pub fn kv_bytes_per_position(model: &Model) -> usize {
     let c = &model.config;
     c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * model.dtype().size_in_bytes()
@@ -63,7 +117,7 @@ struct KvBuf {
 
 impl Drop for KvBuf {
     fn drop(&mut self) {
-        self.mem.0.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.mem.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +152,8 @@ impl KvBuf {
         limit: usize,
     ) -> Result<(Tensor, Tensor)> {
         let (_, h, t, d) = k.dims4()?;
+        let store = self.mem.store_dtype(k.dtype());
+        let (k, v) = (&kv_as(k, store)?, &kv_as(v, store)?);
         let need = offset + t;
         let slot = self
             .layers
@@ -113,18 +169,18 @@ impl KvBuf {
                 .saturating_mul(OWN_CHUNK)
                 .max(2 * cap)
                 .min(limit.max(need));
-            let nk = Tensor::zeros((1, h, new_cap, d), k.dtype(), k.device())?;
-            let nv = Tensor::zeros((1, h, new_cap, d), v.dtype(), v.device())?;
+            let nk = Tensor::zeros((1, h, new_cap, d), store, k.device())?;
+            let nv = Tensor::zeros((1, h, new_cap, d), store, v.device())?;
             if let Some((ok, ov)) = slot.as_ref() {
                 if offset > 0 {
                     nk.slice_set(&ok.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
                     nv.slice_set(&ov.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
                 }
             }
-            let per_pos = 2 * h * d * k.dtype().size_in_bytes();
+            let per_pos = 2 * h * d * store.size_in_bytes();
             let added = (new_cap - cap) * per_pos;
             self.bytes += added;
-            self.mem.0.fetch_add(added, Ordering::Relaxed);
+            self.mem.bytes.fetch_add(added, Ordering::Relaxed);
             *slot = Some((nk, nv));
         }
         let (ck, cv) = slot
@@ -333,14 +389,14 @@ fn linear(
     Ok(y)
 }
 
-/// A rank-4 `[1, H, L, D]` f32 CPU tensor (possibly a narrowed view) as its backing slice,
-/// start offset and head / position strides; `None` for anything else.
-fn kv_slices<R>(t: &Tensor, f: impl FnOnce(&[f32], usize, usize, usize) -> R) -> Result<Option<R>> {
+/// A rank-4 `[1, H, L, D]` CPU tensor of `T` (possibly a narrowed view) as its backing
+/// slice, start offset and head / position strides; `None` for anything else.
+fn kv_slices<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T], usize, usize, usize) -> R) -> Result<Option<R>> {
     let (st, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*st else {
         return Ok(None);
     };
-    let Ok(data) = cpu.as_slice::<f32>() else {
+    let Ok(data) = cpu.as_slice::<T>() else {
         return Ok(None);
     };
     let strides = layout.stride();
@@ -352,10 +408,10 @@ fn kv_slices<R>(t: &Tensor, f: impl FnOnce(&[f32], usize, usize, usize) -> R) ->
 
 /// Runs `f(data, offset, head_stride, position_stride, base, len)` on each KV segment in
 /// order, `base` being the segment's first position in the concatenated sequence; `false`
-/// when a segment is not a CPU f32 view (nothing more is visited).
-fn over_segments<'a>(
+/// when a segment is not a CPU view of `T` (nothing more is visited).
+fn over_segments<'a, T: candle_core::WithDType>(
     segs: impl Iterator<Item = &'a Tensor>,
-    mut f: impl FnMut(&[f32], usize, usize, usize, usize, usize),
+    mut f: impl FnMut(&[T], usize, usize, usize, usize, usize),
 ) -> Result<bool> {
     let mut base = 0;
     for t in segs {
@@ -368,11 +424,11 @@ fn over_segments<'a>(
     Ok(true)
 }
 
-/// Attention of one new token (a decode step) on CPU f32, straight over the KV segments:
-/// dot products against every cached key, a softmax per query head, then the weighted sum
-/// of values. At one query row per head the general matmul's per-call setup costs more
-/// than the arithmetic, so this path skips it. Returns `[1, 1, Hq * D]`, or `None` when
-/// the tensors are not CPU f32 (the caller falls back to the matmul path).
+/// Attention of one new token (a decode step) on CPU f32, straight over the KV segments
+/// (f32 or f16): dot products against every cached key, a softmax per query head, then the
+/// weighted sum of values. At one query row per head the general matmul's per-call setup
+/// costs more than the arithmetic, so this path skips it. Returns `[1, 1, Hq * D]`, or
+/// `None` when the tensors are not that (the caller falls back to the matmul path).
 fn decode_attention(
     q: &Tensor,
     prefix: &[(Arc<KvBuf>, usize)],
@@ -384,6 +440,22 @@ fn decode_attention(
     if !q.device().is_cpu() || q.dtype() != DType::F32 {
         return Ok(None);
     }
+    match own.0.dtype() {
+        DType::F32 => decode_attention_in::<f32>(q, prefix, layer, own, n_rep, scale),
+        DType::F16 => decode_attention_in::<half::f16>(q, prefix, layer, own, n_rep, scale),
+        _ => Ok(None),
+    }
+}
+
+/// [`decode_attention`] over segments that hold `T`.
+fn decode_attention_in<T: candle_core::WithDType + crate::decode_attn::KvElem>(
+    q: &Tensor,
+    prefix: &[(Arc<KvBuf>, usize)],
+    layer: usize,
+    own: (&Tensor, &Tensor),
+    n_rep: usize,
+    scale: f64,
+) -> Result<Option<Tensor>> {
     let (_, hq, _, d) = q.dims4()?;
     let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
     let mut segs: Vec<(Tensor, Tensor)> = Vec::with_capacity(prefix.len() + 1);
@@ -395,7 +467,7 @@ fn decode_attention(
     // scores[h * total + p]
     let mut scores = vec![0f32; hq * total];
     // Query heads `g * n_rep..(g + 1) * n_rep` share KV head `g`.
-    let keys_done = over_segments(segs.iter().map(|(k, _)| k), |data, off, sh, sp, base, len| {
+    let keys_done = over_segments::<T>(segs.iter().map(|(k, _)| k), |data, off, sh, sp, base, len| {
         for g in 0..hq / n_rep {
             let rows = g * n_rep..(g + 1) * n_rep;
             crate::decode_attn::scores(
@@ -421,7 +493,7 @@ fn decode_attention(
         row.iter_mut().for_each(|x| *x *= inv);
     }
     let mut out = vec![0f32; hq * d];
-    let values_done = over_segments(segs.iter().map(|(_, v)| v), |data, off, sh, sp, base, len| {
+    let values_done = over_segments::<T>(segs.iter().map(|(_, v)| v), |data, off, sh, sp, base, len| {
         for g in 0..hq / n_rep {
             let rows = g * n_rep..(g + 1) * n_rep;
             crate::decode_attn::weighted_values(
@@ -498,6 +570,7 @@ fn attend_one(cache: &mut SeqKv, (a, t): (usize, usize), mask: &Option<Tensor>, 
         // repeated KV heads, no score matrix per head).
         let qs = q.narrow(2, a, t)?.contiguous()?;
         let mask = crate::attn::AttnMask { offset: cache.own_len, key_valid: None };
+        let (k_own, v_own) = (kv_as(&k_own, qs.dtype())?, kv_as(&v_own, qs.dtype())?);
         let (o, _) =
             crate::attn::forward_tensors(&qs, &k_own, &v_own, &mask, scale as f32, crate::attn::AttnLayout::Bhtd)?;
         return Ok(o.transpose(1, 2)?.reshape((1, t, hq * hd))?);
@@ -512,9 +585,11 @@ fn attend_one(cache: &mut SeqKv, (a, t): (usize, usize), mask: &Option<Tensor>, 
     let mut scores: Vec<Tensor> = Vec::new();
     for (seg, used) in &cache.prefix.segs {
         let (kk, vv) = seg.view(i, *used)?;
+        let (kk, vv) = (kv_as(&kk, qs.dtype())?, kv_as(&vv, qs.dtype())?);
         scores.push(qs.matmul(&kk.t()?)?);
         parts.push((kk, vv));
     }
+    let (k_own, v_own) = (kv_as(&k_own, qs.dtype())?, kv_as(&v_own, qs.dtype())?);
     let l_own = k_own.dim(2)?;
     let mut so = qs.matmul(&k_own.t()?)?;
     if let Some(m) = mask {
@@ -751,6 +826,11 @@ mod tests {
     /// Ragged decode over sequences of different lengths (some with a shared frozen
     /// prefix, some forked) equals per-sequence cached forwards.
     fn check(qwen2: bool, with_lora: bool) {
+        check_in(qwen2, with_lora, KvMemory::new(), 1e-4);
+    }
+
+    /// [`check`] with buffers from `mem`, logits within `tol` of the f32 forwards.
+    fn check_in(qwen2: bool, with_lora: bool, mem: KvMemory, tol: f32) {
         let m = model(qwen2);
         let lora = with_lora.then(|| {
             let ad = LoraAdapter::new(&m, LoraConfig::default(), 3).unwrap();
@@ -762,7 +842,6 @@ mod tests {
             ad
         });
         let lora = lora.as_ref();
-        let mem = KvMemory::new();
         let prompts: Vec<Vec<u32>> = vec![
             (0..9).map(|i| (i * 7 + 3) % 97).collect(),
             (0..3).map(|i| (i * 5 + 11) % 97).collect(),
@@ -793,7 +872,7 @@ mod tests {
                     }],
                 )
                 .unwrap();
-                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < 1e-4);
+                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < tol);
             } else {
                 let lg = forward_ragged(
                     &m,
@@ -804,7 +883,7 @@ mod tests {
                     }],
                 )
                 .unwrap();
-                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < 1e-4);
+                assert!(max_diff(&lg.squeeze(0).unwrap(), &reference(&m, lora, p)) < tol);
             }
             caches.push(c);
         }
@@ -844,7 +923,7 @@ mod tests {
             for (j, &t) in next.iter().enumerate() {
                 hist[j].push(t);
                 let d = max_diff(&lg.get(j).unwrap(), &reference(&m, lora, &hist[j]));
-                assert!(d < 1e-4, "seq {j} step {step}: {d}");
+                assert!(d < tol, "seq {j} step {step}: {d}");
                 assert_eq!(caches[j].len(), hist[j].len());
             }
         }
@@ -858,6 +937,21 @@ mod tests {
         check(false, false);
         check(false, true);
         check(true, false);
+    }
+
+    /// An f16 cache: every path (prefill chunks over a frozen prefix, forks, shared
+    /// prefixes, batched decode) runs on it and stays near the f32 forwards (the keys and
+    /// values carry f16 rounding), and it holds half the bytes.
+    #[test]
+    fn f16_cache_tracks_the_f32_forward() {
+        check_in(false, false, KvMemory::storing(DType::F16), 1e-3);
+        let m = model(false);
+        let mem = KvMemory::storing(DType::F16);
+        assert_eq!(2 * mem.bytes_per_position(&m), kv_bytes_per_position(&m));
+        let mut c = SeqKv::new(&m, &mem);
+        c.set_own_limit(5);
+        forward_ragged(&m, None, &mut [RaggedInput { tokens: &[1, 2, 3], cache: &mut c }]).unwrap();
+        assert_eq!(mem.bytes(), 5 * mem.bytes_per_position(&m));
     }
 
     #[test]

@@ -10,14 +10,49 @@
 //! while the keys stream past, and the output rows of both query heads of a KV head stay
 //! in registers while the values stream past, so each key and value is read once.
 //! Other CPUs and head sizes take plain loops.
+//!
+//! The cache may hold f32 or f16 values ([`KvElem`]); f16 rows are widened to f32 as they
+//! are loaded (one `vcvtph2ps` per 16 values), so the arithmetic is f32 either way and
+//! only the bytes read halve.
 
 // The SIMD tiles index their register arrays by (row, vector) on purpose.
 #![allow(clippy::needless_range_loop)]
 
+use half::f16;
+
+/// A value type the KV cache stores: f32, or f16 (half the bytes a decode step reads).
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    /// Whether the type is f16 (the vector kernels widen it on load).
+    const HALF: bool;
+    fn to_f32(self) -> f32;
+    /// `dot(q, k)` where the vector kernels do not run.
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        crate::gemv::dot(q, k)
+    }
+}
+
+impl KvElem for f16 {
+    const HALF: bool = true;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
+    }
+}
+
 /// `scores[r * stride + p] = scale * dot(q[r], key p)` for the `rows` query rows of `q`
 /// (`rows x d`) and positions `p < len`, key `p` being `keys[p * sp..][..d]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn scores(q: &[f32], rows: usize, d: usize, keys: &[f32], sp: usize, len: usize, scale: f32, out: &mut [f32], stride: usize) {
+pub(crate) fn scores<T: KvElem>(q: &[f32], rows: usize, d: usize, keys: &[T], sp: usize, len: usize, scale: f32, out: &mut [f32], stride: usize) {
     if len == 0 || rows == 0 {
         return;
     }
@@ -37,7 +72,7 @@ pub(crate) fn scores(q: &[f32], rows: usize, d: usize, keys: &[f32], sp: usize, 
     for r in 0..rows {
         let qr = &q[r * d..(r + 1) * d];
         for p in 0..len {
-            out[r * stride + p] = crate::gemv::dot(qr, &keys[p * sp..p * sp + d]) * scale;
+            out[r * stride + p] = T::dot(qr, &keys[p * sp..p * sp + d]) * scale;
         }
     }
 }
@@ -45,7 +80,7 @@ pub(crate) fn scores(q: &[f32], rows: usize, d: usize, keys: &[f32], sp: usize, 
 /// `out[r * d..][..d] += sum over p < len of w[r * stride + p] * value p` for the `rows`
 /// output rows, value `p` being `values[p * sp..][..d]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn weighted_values(w: &[f32], stride: usize, rows: usize, d: usize, values: &[f32], sp: usize, len: usize, out: &mut [f32]) {
+pub(crate) fn weighted_values<T: KvElem>(w: &[f32], stride: usize, rows: usize, d: usize, values: &[T], sp: usize, len: usize, out: &mut [f32]) {
     if len == 0 || rows == 0 {
         return;
     }
@@ -66,13 +101,14 @@ pub(crate) fn weighted_values(w: &[f32], stride: usize, rows: usize, d: usize, v
         let o = &mut out[r * d..(r + 1) * d];
         for p in 0..len {
             let wp = w[r * stride + p];
-            o.iter_mut().zip(&values[p * sp..p * sp + d]).for_each(|(o, x)| *o += wp * x);
+            o.iter_mut().zip(&values[p * sp..p * sp + d]).for_each(|(o, x)| *o += wp * x.to_f32());
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::KvElem;
     use std::arch::x86_64::*;
 
     /// `d / 16` when the kernels take this head size on this CPU (`d` a multiple of 16, at
@@ -87,14 +123,14 @@ mod avx512 {
     macro_rules! by_shape {
         ($f:ident, $v:expr, $r:expr, ($($arg:expr),*)) => {
             match ($v, $r) {
-                (1, 1) => $f::<1, 1>($($arg),*), (1, _) => $f::<1, 2>($($arg),*),
-                (2, 1) => $f::<2, 1>($($arg),*), (2, _) => $f::<2, 2>($($arg),*),
-                (3, 1) => $f::<3, 1>($($arg),*), (3, _) => $f::<3, 2>($($arg),*),
-                (4, 1) => $f::<4, 1>($($arg),*), (4, _) => $f::<4, 2>($($arg),*),
-                (5, 1) => $f::<5, 1>($($arg),*), (5, _) => $f::<5, 2>($($arg),*),
-                (6, 1) => $f::<6, 1>($($arg),*), (6, _) => $f::<6, 2>($($arg),*),
-                (7, 1) => $f::<7, 1>($($arg),*), (7, _) => $f::<7, 2>($($arg),*),
-                (_, 1) => $f::<8, 1>($($arg),*), (_, _) => $f::<8, 2>($($arg),*),
+                (1, 1) => $f::<T, 1, 1>($($arg),*), (1, _) => $f::<T, 1, 2>($($arg),*),
+                (2, 1) => $f::<T, 2, 1>($($arg),*), (2, _) => $f::<T, 2, 2>($($arg),*),
+                (3, 1) => $f::<T, 3, 1>($($arg),*), (3, _) => $f::<T, 3, 2>($($arg),*),
+                (4, 1) => $f::<T, 4, 1>($($arg),*), (4, _) => $f::<T, 4, 2>($($arg),*),
+                (5, 1) => $f::<T, 5, 1>($($arg),*), (5, _) => $f::<T, 5, 2>($($arg),*),
+                (6, 1) => $f::<T, 6, 1>($($arg),*), (6, _) => $f::<T, 6, 2>($($arg),*),
+                (7, 1) => $f::<T, 7, 1>($($arg),*), (7, _) => $f::<T, 7, 2>($($arg),*),
+                (_, 1) => $f::<T, 8, 1>($($arg),*), (_, _) => $f::<T, 8, 2>($($arg),*),
             }
         };
     }
@@ -103,21 +139,49 @@ mod avx512 {
     /// AVX-512F present, `d == 16 * v` with `v` in 1..=8, `rows` in 1..=2, and the
     /// pointers cover what [`super::scores`] checks.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn scores(v: usize, rows: usize, q: *const f32, d: usize, keys: *const f32, sp: usize, len: usize, scale: f32, out: *mut f32, stride: usize) {
+    pub(super) unsafe fn scores<T: KvElem>(v: usize, rows: usize, q: *const f32, d: usize, keys: *const T, sp: usize, len: usize, scale: f32, out: *mut f32, stride: usize) {
         by_shape!(scores_tile, v, rows, (q, d, keys, sp, len, scale, out, stride))
     }
 
     /// # Safety
     /// As [`scores`], for [`super::weighted_values`].
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn values(v: usize, rows: usize, w: *const f32, stride: usize, values: *const f32, sp: usize, len: usize, out: *mut f32, d: usize) {
+    pub(super) unsafe fn values<T: KvElem>(v: usize, rows: usize, w: *const f32, stride: usize, values: *const T, sp: usize, len: usize, out: *mut f32, d: usize) {
         by_shape!(values_tile, v, rows, (w, stride, values, sp, len, out, d))
+    }
+
+    /// Positions ahead of the read that a key or value row is prefetched. A sequence's
+    /// rows of one KV head are a run of a few tens of KiB that the hardware prefetcher
+    /// meets cold at every head and layer.
+    const PF_POSITIONS: usize = 8;
+
+    /// Prefetches the cache lines of one row (`16 * V` values).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn prefetch_row<T: KvElem, const V: usize>(row: *const T) {
+        let step = if T::HALF { 32 } else { 16 };
+        let mut v = 0;
+        while v < V * 16 {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(v) as *const i8);
+            v += step;
+        }
+    }
+
+    /// 16 values of a cached row as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16<T: KvElem>(p: *const T) -> __m512 {
+        if T::HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
     }
 
     /// `R` query rows of `V` vectors held in registers against each key in turn.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_tile<const V: usize, const R: usize>(q: *const f32, d: usize, keys: *const f32, sp: usize, len: usize, scale: f32, out: *mut f32, stride: usize) {
+    unsafe fn scores_tile<T: KvElem, const V: usize, const R: usize>(q: *const f32, d: usize, keys: *const T, sp: usize, len: usize, scale: f32, out: *mut f32, stride: usize) {
         let mut qv = [[_mm512_setzero_ps(); V]; R];
         for r in 0..R {
             for v in 0..V {
@@ -126,9 +190,12 @@ mod avx512 {
         }
         for p in 0..len {
             let kp = keys.add(p * sp);
+            if p + PF_POSITIONS < len {
+                prefetch_row::<T, V>(kp.add(PF_POSITIONS * sp));
+            }
             let mut acc = [_mm512_setzero_ps(); R];
             for v in 0..V {
-                let k = _mm512_loadu_ps(kp.add(v * 16));
+                let k = load16(kp.add(v * 16));
                 for r in 0..R {
                     acc[r] = _mm512_fmadd_ps(qv[r][v], k, acc[r]);
                 }
@@ -142,7 +209,7 @@ mod avx512 {
     /// `R` output rows of `V` vectors held in registers while the values stream past.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn values_tile<const V: usize, const R: usize>(w: *const f32, stride: usize, values: *const f32, sp: usize, len: usize, out: *mut f32, d: usize) {
+    unsafe fn values_tile<T: KvElem, const V: usize, const R: usize>(w: *const f32, stride: usize, values: *const T, sp: usize, len: usize, out: *mut f32, d: usize) {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for r in 0..R {
             for v in 0..V {
@@ -151,12 +218,15 @@ mod avx512 {
         }
         for p in 0..len {
             let vp = values.add(p * sp);
+            if p + PF_POSITIONS < len {
+                prefetch_row::<T, V>(vp.add(PF_POSITIONS * sp));
+            }
             let mut wr = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 wr[r] = _mm512_set1_ps(*w.add(r * stride + p));
             }
             for v in 0..V {
-                let x = _mm512_loadu_ps(vp.add(v * 16));
+                let x = load16(vp.add(v * 16));
                 for r in 0..R {
                     acc[r][v] = _mm512_fmadd_ps(wr[r], x, acc[r][v]);
                 }
@@ -178,15 +248,26 @@ mod tests {
     /// keys: against plain f64 sums.
     #[test]
     fn scores_and_values_match_plain_sums() {
-        for (d, rows, len, sp) in [(128, 2, 37, 128), (64, 3, 5, 80), (16, 1, 1, 16), (48, 4, 19, 48), (24, 2, 7, 24)] {
+        check_against_plain_sums(|x| x);
+    }
+
+    /// The same over an f16 cache: the kernels widen each value exactly, so they match
+    /// f64 sums of the stored (rounded) values.
+    #[test]
+    fn f16_cache_matches_plain_sums() {
+        check_against_plain_sums(f16::from_f32);
+    }
+
+    fn check_against_plain_sums<T: KvElem>(store: impl Fn(f32) -> T) {
+        for (d, rows, len, sp) in [(128, 2, 37, 128), (64, 3, 5, 80), (16, 1, 1, 16), (48, 4, 19, 48), (24, 2, 7, 24), (128, 1, 12, 256)] {
             let q: Vec<f32> = (0..rows * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let kv: Vec<f32> = (0..len * sp).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let kv: Vec<T> = (0..len * sp).map(|i| store(((i * 53 % 97) as f32 - 48.0) / 48.0)).collect();
             let (stride, scale) = (len + 3, 0.125f32);
             let mut s = vec![0f32; rows * stride];
             scores(&q, rows, d, &kv, sp, len, scale, &mut s, stride);
             for r in 0..rows {
                 for p in 0..len {
-                    let want: f64 = (0..d).map(|i| q[r * d + i] as f64 * kv[p * sp + i] as f64).sum::<f64>() * scale as f64;
+                    let want: f64 = (0..d).map(|i| q[r * d + i] as f64 * kv[p * sp + i].to_f32() as f64).sum::<f64>() * scale as f64;
                     assert!((s[r * stride + p] as f64 - want).abs() < 1e-4, "d={d} r={r} p={p}");
                 }
             }
@@ -194,7 +275,7 @@ mod tests {
             weighted_values(&s, stride, rows, d, &kv, sp, len, &mut out);
             for r in 0..rows {
                 for i in 0..d {
-                    let want: f64 = 0.5 + (0..len).map(|p| s[r * stride + p] as f64 * kv[p * sp + i] as f64).sum::<f64>();
+                    let want: f64 = 0.5 + (0..len).map(|p| s[r * stride + p] as f64 * kv[p * sp + i].to_f32() as f64).sum::<f64>();
                     assert!((out[r * d + i] as f64 - want).abs() < 1e-4, "d={d} r={r} i={i}");
                 }
             }

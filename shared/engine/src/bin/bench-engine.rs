@@ -6,7 +6,8 @@
 //! bench-engine --write DIR [--tokenizer ../shared/qwen3-tokenizer] [--layers 28]
 //!     writes DIR (HF safetensors, f32, with the tokenizer files) and DIR/model-f32.gguf
 //! bench-engine --bench DIR [--q8 FILE.gguf [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8]
-//!     prints the markdown table (header + one row per weight type)
+//!     prints the markdown table (header + one row per weight type; Q8_0 twice, with an
+//!     f32 and an f16 KV cache, llama.cpp's default)
 //! ```
 //!
 //! Everything runs through [`fc_engine::Engine`] (the scheduler the gateway uses), with
@@ -138,13 +139,17 @@ fn run(a: &Args) -> Result<(), BoxError> {
         let tok = fc_chat::Tokenizer::from_dir(dir)?;
         if !(a.skip_f32 && a.q8.is_some()) {
             let dense = Model::load(dir, &Device::Cpu, DType::F32)?;
-            let row = measure(dense, tok.clone(), a)?;
+            let row = measure(dense, tok.clone(), a, None)?;
             print_row("f32", threads, bw, &row);
         }
         if let Some(q8) = &a.q8 {
             let q = Model::load_gguf(q8, &Device::Cpu)?;
-            let row = measure(q, tok, a)?;
+            let row = measure(q, tok.clone(), a, None)?;
             print_row("Q8_0 (GGUF)", threads, bw, &row);
+            // llama.cpp's default cache type: its rows read an f16 cache too.
+            let q = Model::load_gguf(q8, &Device::Cpu)?;
+            let row = measure(q, tok, a, Some(fc_engine::KvDtype::F16))?;
+            print_row("Q8_0 (GGUF), f16 KV", threads, bw, &row);
         }
     }
     Ok(())
@@ -193,12 +198,13 @@ fn prompt(len: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn measure(model: Model, tok: fc_chat::Tokenizer, a: &Args) -> Result<Row, BoxError> {
+fn measure(model: Model, tok: fc_chat::Tokenizer, a: &Args, kv: Option<fc_engine::KvDtype>) -> Result<Row, BoxError> {
     let bytes_per_token = model.decode_weight_bytes();
     let config = EngineConfig {
         max_batch: a.ways.max(8),
         prefix_cache_entries: 0,
         max_prefill_tokens_per_step: a.prompt,
+        kv_cache_dtype: kv,
         ..Default::default()
     };
     let engine = Engine::start(model, tok, config)?;
@@ -391,7 +397,11 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
 
     // Batch 1 and `ways` sequences step in turn (this VM's speed drifts within seconds,
     // so the ratio compares steps taken moments apart); medians of each.
-    let mem = KvMemory::new();
+    // `FC_BENCH_KV=f16`: an f16 cache.
+    let mem = match std::env::var("FC_BENCH_KV").as_deref() {
+        Ok("f16") => KvMemory::storing(DType::F16),
+        _ => KvMemory::new(),
+    };
     let sizes = [1, ways];
     let mut caches: Vec<Vec<SeqKv>> = sizes.iter().map(|&n| (0..n).map(|_| SeqKv::new(&model, &mem)).collect()).collect();
     for c in caches.iter_mut() {
