@@ -389,6 +389,14 @@ fn linear(
     Ok(y)
 }
 
+/// `x + y`: [`crate::rowops::add`] on CPU f32, candle's add otherwise.
+fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    match crate::rowops::add(x, y) {
+        Some(t) => Ok(t),
+        None => Ok((x + y)?),
+    }
+}
+
 /// A rank-4 `[1, H, L, D]` CPU tensor of `T` (possibly a narrowed view) as its backing
 /// slice, start offset and head / position strides; `None` for anything else.
 fn kv_slices<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T], usize, usize, usize) -> R) -> Result<Option<R>> {
@@ -762,7 +770,7 @@ fn forward_ragged_in_pool(
         } else {
             Tensor::cat(&outs, 1)?
         };
-        x = (x + linear(model, &attn, i, Proj::O, lora)?)?;
+        x = residual(&x, &linear(model, &attn, i, Proj::O, lora)?)?;
         let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
         let (gate, up) = both(|| linear(model, &h, i, Proj::Gate, lora), || linear(model, &h, i, Proj::Up, lora));
         let (gate, up) = (gate?, up?);
@@ -771,7 +779,7 @@ fn forward_ragged_in_pool(
             None => (gate.silu()? * up)?,
         };
         let down = linear(model, &gu, i, Proj::Down, lora)?;
-        x = (x + down)?;
+        x = residual(&x, &down)?;
     }
     for (s, &(_, t)) in seqs.iter_mut().zip(&ranges) {
         s.cache.own_len += t;

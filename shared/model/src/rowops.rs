@@ -1,6 +1,6 @@
 //! The small per-row steps of the inference forward ([`crate::batch`]) on CPU f32, fused
 //! into single passes: Qwen3's per-head q/k RMS norm with RoPE and the move to head-major
-//! layout, and `silu(gate) * up`.
+//! layout, `silu(gate) * up`, and the residual adds.
 //!
 //! Why not candle's ops: they split any tensor of more than 32 rows (rms_norm) or more than
 //! one position (rope) over the thread pool, and a decode batch of 8 sequences has 128
@@ -111,6 +111,35 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
     Tensor::from_vec(out, gate.shape(), &Device::Cpu).ok()
 }
 
+/// `a + b` for two contiguous CPU f32 tensors of one shape (the residual adds); `None`
+/// otherwise. Candle's add sends tensors of 64 Ki values or more to its own spinning
+/// thread pool, which on two cores then competes with the rayon workers that run every
+/// matmul (a prompt chunk's residual is 512 x 1024 values); this splits large ones over
+/// rayon instead. Each value is one f32 add, so the bits are candle's.
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Option<Tensor> {
+    use rayon::prelude::*;
+    /// Values per task of a split add.
+    const CHUNK: usize = 16 * 1024;
+    if a.shape() != b.shape() {
+        return None;
+    }
+    let out = with_cpu_f32(a, |x| {
+        with_cpu_f32(b, |y| {
+            let mut out = vec![0f32; x.len()];
+            let body = |(o, (x, y)): (&mut [f32], (&[f32], &[f32]))| {
+                o.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (x, y))| *o = x + y);
+            };
+            if x.len() >= 4 * CHUNK {
+                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(body);
+            } else {
+                body((&mut out, (x, y)));
+            }
+            out
+        })
+    })??;
+    Tensor::from_vec(out, a.shape(), &Device::Cpu).ok()
+}
+
 /// `out[i] = silu(g[i]) * u[i]`, with 512-bit vectors where the CPU has them.
 fn silu_mul_slices(g: &[f32], u: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -190,5 +219,22 @@ mod tests {
         }
         // Not the same shape: the caller's fallback.
         assert!(silu_mul(&gt, &ut.reshape(g.len()).unwrap()).is_none());
+    }
+
+    /// Small (one pass) and large (split over the pool) adds give candle's bits; other
+    /// tensors fall back.
+    #[test]
+    fn add_gives_candles_bits() {
+        let dev = Device::Cpu;
+        for n in [7usize, 100_003] {
+            let a = Tensor::from_vec((0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect::<Vec<f32>>(), (1, n), &dev).unwrap();
+            let b = Tensor::from_vec((0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.0).collect::<Vec<f32>>(), (1, n), &dev).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&add(&a, &b).unwrap()), bits(&(&a + &b).unwrap()), "{n} values");
+        }
+        let a = Tensor::ones((2, 3), DType::F32, &dev).unwrap();
+        assert!(add(&a, &a.t().unwrap()).is_none(), "shapes differ");
+        assert!(add(&a.t().unwrap(), &a.t().unwrap()).is_none(), "not contiguous");
+        assert!(add(&a.to_dtype(DType::F64).unwrap(), &a.to_dtype(DType::F64).unwrap()).is_none());
     }
 }
