@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${BENCH_ENGINE:-./target/release/bench-engine}
 ours() { # weights -> b1 tok/s
   if [ "$1" = f32 ]; then "$bin" --bench "$m" --prompt 16 --ways 1 | awk -F'|' '/fcmesh engine \| f32/ {print $6}'
-  else "$bin" --bench "$m" --prompt 16 --ways 1 --q8 "$m/model-q8_0.gguf" | awk -F'|' '/Q8_0/ {print $6}'; fi
+  else "$bin" --bench "$m" --prompt 16 --ways 1 --q8 "$m/model-q8_0.gguf" | awk -F'|' '/Q8_0 \(GGUF\) \|/ {print $6}'; fi
 }
 theirs() { # gguf -> b1 tok/s
   python3 - "$1" "$here" <<'PY' 2>/dev/null

@@ -402,7 +402,8 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
         Ok("f16") => KvMemory::storing(DType::F16),
         _ => KvMemory::new(),
     };
-    let sizes = [1, ways];
+    // `FC_BENCH_ONLY=1`: the `ways` steps alone (for a profile of them).
+    let sizes: Vec<usize> = if std::env::var("FC_BENCH_ONLY").is_ok() { vec![ways] } else { vec![1, ways] };
     let mut caches: Vec<Vec<SeqKv>> = sizes.iter().map(|&n| (0..n).map(|_| SeqKv::new(&model, &mem)).collect()).collect();
     for c in caches.iter_mut() {
         let prompts: Vec<Vec<u32>> = (0..c.len()).map(|i| prompt(32, 1000 + i as u64)).collect();
@@ -429,7 +430,9 @@ fn ragged_probe(dir: &Path, q8: Option<&Path>, ways: usize) -> Result<(), BoxErr
         medians.push(*n as f64 / med);
         eprintln!("ragged forward, {n} sequences: {:.1} ms/step median ({:.1}-{:.1}), {:.1} tok/s", med * 1e3, t[0] * 1e3, t[t.len() - 1] * 1e3, *n as f64 / med);
     }
-    eprintln!("{ways}-way / batch 1: {:.2}x", medians[1] / medians[0]);
+    if let [b1, many] = medians[..] {
+        eprintln!("{ways}-way / batch 1: {:.2}x", many / b1);
+    }
     if let Some(mib) = resident_mib() {
         eprintln!("resident memory: {mib:.0} MiB");
     }
