@@ -208,9 +208,13 @@ fn measure(model: Model, tok: fc_chat::Tokenizer, a: &Args, kv: Option<fc_engine
         ..Default::default()
     };
     let engine = Engine::start(model, tok, config)?;
+    // `FC_BENCH_TEMP=T`: sampled at temperature T (seeded) instead of greedy.
+    let temperature: f64 = std::env::var("FC_BENCH_TEMP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let params = |max_tokens| SamplingParams {
         max_tokens,
         stop_at_eos: false,
+        temperature,
+        seed: Some(7),
         ..SamplingParams::greedy(max_tokens)
     };
     // Prefill: time to the first (only) token of a fresh prompt, best of 2.
