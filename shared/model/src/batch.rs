@@ -102,8 +102,7 @@ fn kv_as(t: &Tensor, dtype: DType) -> Result<Tensor> {
 /// KV bytes one position costs in `model` (all layers, keys and values) when the cache
 /// stores the model's dtype; [`KvMemory::bytes_per_position`] for the type a cache holds.
 pub fn kv_bytes_per_position(model: &Model) -> usize {
-    let c = &model.config;
-    c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * model.dtype().size_in_bytes()
+    KvMemory::new().bytes_per_position(model)
 }
 
 /// Per-layer `[1, Hkv, cap, D]` key/value buffers whose bytes are registered in a
@@ -960,6 +959,12 @@ mod tests {
         c.set_own_limit(5);
         forward_ragged(&m, None, &mut [RaggedInput { tokens: &[1, 2, 3], cache: &mut c }]).unwrap();
         assert_eq!(mem.bytes(), 5 * mem.bytes_per_position(&m));
+    }
+
+    /// A bf16 cache has no decode kernel: every read widens it to f32 (the general path).
+    #[test]
+    fn bf16_cache_runs_the_general_path() {
+        check_in(false, false, KvMemory::storing(DType::BF16), 5e-2);
     }
 
     #[test]
