@@ -388,6 +388,47 @@ fn linear(
     Ok(y)
 }
 
+/// The projections `projs` of one input `x` (`[1, n, hidden]`): a layer's q, k, v, or its
+/// gate and up. When all are Q8_0 weights in our kernel, without biases or LoRA pairs,
+/// and `x` is CPU f32, they share one quantization of `x` and one parallel loop
+/// ([`crate::q8gemv::matmul_group`]); otherwise each runs on its own, concurrently.
+fn linear_group(model: &Model, x: &Tensor, layer: usize, projs: &[Proj], lora: Option<&LoraAdapter>) -> Result<Vec<Tensor>> {
+    use crate::model::Weight;
+    use crate::quantized::QWeight;
+    let lin = &model.layers[layer].proj;
+    let packed: Option<Vec<&crate::q8gemv::PackedQ8>> = projs
+        .iter()
+        .map(|&p| match (&lin[p as usize], lora.and_then(|ad| ad.pair(layer, p))) {
+            (crate::Linear { weight: Weight::Quantized(QWeight::Q8(w)), bias: None }, None) => Some(&**w),
+            _ => None,
+        })
+        .collect();
+    if let Some(ws) = packed {
+        let k = ws[0].cols();
+        // Rows of `x`; a width other than `k` gives empty results, and the general path.
+        let grouped = crate::rowops::with_cpu_f32(x, |xs| (xs.len() / k, crate::q8gemv::matmul_group(&ws, xs, xs.len() / k)));
+        if let Some((_, ys)) = grouped.filter(|(n, ys)| *n > 0 && ys.iter().zip(&ws).all(|(y, w)| y.len() == n * w.rows())) {
+            let lead = &x.dims()[..x.rank().saturating_sub(1)];
+            return ys
+                .into_iter()
+                .zip(&ws)
+                .map(|(y, w)| Ok(Tensor::from_vec(y, [lead, &[w.rows()]].concat(), x.device())?))
+                .collect();
+        }
+    }
+    Ok(match projs {
+        [a, b, c] => {
+            let (ya, (yb, yc)) = both(|| linear(model, x, layer, *a, lora), || both(|| linear(model, x, layer, *b, lora), || linear(model, x, layer, *c, lora)));
+            vec![ya?, yb?, yc?]
+        }
+        [a, b] => {
+            let (ya, yb) = both(|| linear(model, x, layer, *a, lora), || linear(model, x, layer, *b, lora));
+            vec![ya?, yb?]
+        }
+        _ => projs.iter().map(|&p| linear(model, x, layer, p, lora)).collect::<Result<_>>()?,
+    })
+}
+
 /// `x + y`: [`crate::rowops::add`] on CPU f32, candle's add otherwise.
 fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     match crate::rowops::add(x, y) {
@@ -437,16 +478,13 @@ fn over_segments<'a, T: candle_core::WithDType>(
 /// costs more than the arithmetic, so this path skips it. Returns `[1, 1, Hq * D]`, or
 /// `None` when the tensors are not that (the caller falls back to the matmul path).
 fn decode_attention(
-    q: &Tensor,
+    q: &Query<'_>,
     prefix: &[(Arc<KvBuf>, usize)],
     layer: usize,
     own: (&Tensor, &Tensor),
     n_rep: usize,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    if !q.device().is_cpu() || q.dtype() != DType::F32 {
-        return Ok(None);
-    }
     match own.0.dtype() {
         DType::F32 => decode_attention_in::<f32>(q, prefix, layer, own, n_rep, scale),
         DType::F16 => decode_attention_in::<half::f16>(q, prefix, layer, own, n_rep, scale),
@@ -454,17 +492,23 @@ fn decode_attention(
     }
 }
 
+/// One position's query: `[heads * hd]` values, head by head.
+struct Query<'a> {
+    values: &'a [f32],
+    heads: usize,
+    hd: usize,
+}
+
 /// [`decode_attention`] over segments that hold `T`.
 fn decode_attention_in<T: candle_core::WithDType + crate::decode_attn::KvElem>(
-    q: &Tensor,
+    q: &Query<'_>,
     prefix: &[(Arc<KvBuf>, usize)],
     layer: usize,
     own: (&Tensor, &Tensor),
     n_rep: usize,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    let (_, hq, _, d) = q.dims4()?;
-    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (qv, hq, d) = (q.values, q.heads, q.hd);
     let mut segs: Vec<(Tensor, Tensor)> = Vec::with_capacity(prefix.len() + 1);
     for (seg, used) in prefix {
         segs.push(seg.view(layer, *used)?);
@@ -518,7 +562,7 @@ fn decode_attention_in<T: candle_core::WithDType + crate::decode_attn::KvElem>(
     if !values_done {
         return Ok(None);
     }
-    Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), q.device())?))
+    Ok(Some(Tensor::from_vec(out, (1, 1, hq * d), &Device::Cpu)?))
 }
 
 /// A layer's q, k, v projections (`[1, n, heads * hd]`) as head-major `[1, H, n, hd]`, q and
@@ -545,6 +589,36 @@ fn heads_major_qkv(
     ))
 }
 
+/// Position `a` of a head-major `[1, H, N, D]` contiguous CPU f32 tensor: `[H * D]` values,
+/// head by head; `None` for any other tensor.
+fn position_rows(t: &Tensor, a: usize) -> Option<Vec<f32>> {
+    let (_, h, n, d) = t.dims4().ok()?;
+    if a >= n {
+        return None;
+    }
+    crate::rowops::with_cpu_f32(t, |xs| {
+        let mut out = Vec::with_capacity(h * d);
+        for head in 0..h {
+            out.extend_from_slice(xs.get((head * n + a) * d..(head * n + a + 1) * d)?);
+        }
+        Some(out)
+    })?
+}
+
+/// `[h * d]` values as a `[1, h, 1, d]` CPU tensor of `dtype` (the cache's).
+fn row_tensor(values: &[f32], h: usize, d: usize, dtype: DType) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    Ok(match dtype {
+        DType::F32 => Tensor::from_slice(values, (1, h, 1, d), &Device::Cpu)?,
+        DType::F16 => {
+            let mut hv = vec![half::f16::ZERO; values.len()];
+            hv.convert_from_f32_slice(values);
+            Tensor::from_vec(hv, (1, h, 1, d), &Device::Cpu)?
+        }
+        _ => kv_as(&Tensor::from_slice(values, (1, h, 1, d), &Device::Cpu)?, dtype)?,
+    })
+}
+
 /// What one sequence's attention reads in a layer: the projected `q`, `k`, `v` of the
 /// whole ragged batch (`[1, H, N, D]`), the layer, and the head layout.
 struct LayerQkv<'a> {
@@ -562,16 +636,26 @@ struct LayerQkv<'a> {
 fn attend_one(cache: &mut SeqKv, (a, t): (usize, usize), mask: &Option<Tensor>, l: &LayerQkv<'_>) -> Result<Tensor> {
     let (q, k, v, i, scale) = (l.q, l.k, l.v, l.layer, l.scale);
     let (hq, hkv, hd, n_rep) = l.heads;
-    let ks = k.narrow(2, a, t)?;
-    let vs = v.narrow(2, a, t)?;
-    let (k_own, v_own) = cache
-        .own
-        .append(i, &ks, &vs, cache.own_len, cache.own_limit)?;
-    if t == 1 {
-        if let Some(out) = decode_attention(&q.narrow(2, a, 1)?, &cache.prefix.segs, i, (&k_own, &v_own), n_rep, scale)? {
+    // A decode token's rows, read straight from the projections (CPU f32): the general
+    // path's strided copies, dtype conversions and tensors were ~3% of an 8-sequence step.
+    let rows = match t {
+        1 => position_rows(q, a).zip(position_rows(k, a)).zip(position_rows(v, a)),
+        _ => None,
+    };
+    let (k_own, v_own) = match &rows {
+        Some(((_, kr), vr)) => {
+            let store = cache.own.mem.store_dtype(DType::F32);
+            let (kt, vt) = (row_tensor(kr, hkv, hd, store)?, row_tensor(vr, hkv, hd, store)?);
+            cache.own.append(i, &kt, &vt, cache.own_len, cache.own_limit)?
+        }
+        None => cache.own.append(i, &k.narrow(2, a, t)?, &v.narrow(2, a, t)?, cache.own_len, cache.own_limit)?,
+    };
+    if let Some(((qv, _), _)) = &rows {
+        let q1 = Query { values: qv, heads: hq, hd };
+        if let Some(out) = decode_attention(&q1, &cache.prefix.segs, i, (&k_own, &v_own), n_rep, scale)? {
             return Ok(out);
         }
-    } else if cache.prefix.segs.is_empty() && crate::attn::supported(q) {
+    } else if t > 1 && cache.prefix.segs.is_empty() && crate::attn::supported(q) {
         // A prompt chunk over the sequence's own positions only: the fused causal
         // CPU attention of the training path (blocked, skips masked blocks, no
         // repeated KV heads, no score matrix per head).
@@ -725,11 +809,9 @@ fn forward_ragged_in_pool(
     for i in 0..nl {
         let l = &model.layers[i];
         let h = rms_norm_fused(&x, &l.input_layernorm, eps)?;
-        let (q, (k, v)) = both(
-            || linear(model, &h, i, Proj::Q, lora),
-            || both(|| linear(model, &h, i, Proj::K, lora), || linear(model, &h, i, Proj::V, lora)),
-        );
-        let (q, k, v) = (q?, k?, v?);
+        let [q, k, v]: [Tensor; 3] = linear_group(model, &h, i, &[Proj::Q, Proj::K, Proj::V], lora)?
+            .try_into()
+            .map_err(|_| ModelError::Input("q, k, v projections".into()))?;
         let (q, k, v) = match heads_major_qkv(l, (&q, &k, &v), (hq, hkv, hd), eps, rope_cpu.as_ref()) {
             Some(qkv) => qkv,
             None => {
@@ -771,8 +853,9 @@ fn forward_ragged_in_pool(
         };
         x = residual(&x, &linear(model, &attn, i, Proj::O, lora)?)?;
         let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
-        let (gate, up) = both(|| linear(model, &h, i, Proj::Gate, lora), || linear(model, &h, i, Proj::Up, lora));
-        let (gate, up) = (gate?, up?);
+        let [gate, up]: [Tensor; 2] = linear_group(model, &h, i, &[Proj::Gate, Proj::Up], lora)?
+            .try_into()
+            .map_err(|_| ModelError::Input("gate and up projections".into()))?;
         let gu = match crate::rowops::silu_mul(&gate, &up) {
             Some(gu) => gu,
             None => (gate.silu()? * up)?,
