@@ -208,12 +208,18 @@ fn measure(model: Model, tok: fc_chat::Tokenizer, a: &Args, kv: Option<fc_engine
         ..Default::default()
     };
     let engine = Engine::start(model, tok, config)?;
-    // `FC_BENCH_TEMP=T`: sampled at temperature T (seeded) instead of greedy.
-    let temperature: f64 = std::env::var("FC_BENCH_TEMP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // `FC_BENCH_TEMP=T`: sampled at temperature T (seeded) instead of greedy, with
+    // `FC_BENCH_TOP_P` / `FC_BENCH_TOP_K` (Qwen3's suggested 0.8 / 20, say) when set.
+    let env = |k: &str| std::env::var(k).ok();
+    let temperature: f64 = env("FC_BENCH_TEMP").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let top_p: f64 = env("FC_BENCH_TOP_P").and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let top_k: usize = env("FC_BENCH_TOP_K").and_then(|v| v.parse().ok()).unwrap_or(0);
     let params = |max_tokens| SamplingParams {
         max_tokens,
         stop_at_eos: false,
         temperature,
+        top_p,
+        top_k,
         seed: Some(7),
         ..SamplingParams::greedy(max_tokens)
     };
