@@ -34,7 +34,17 @@ done
 
 echo; echo "== engine: Qwen3-0.6B-shaped random model through the engine (prefill 512, decode batch 1 and 8-way), f32 and Q8_0,"
 echo "   side by side with PyTorch transformers (same safetensors) and llama.cpp (same weights as GGUF), same thread count"
-python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q llama-cpp-python
+# Built for this CPU, except AMX: on an AMX Xeon VM the PyPI build's native Q8_0 path
+# stopped on an illegal instruction (`tileloadd` in ggml_backend_amx_mul_mat), so there
+# llama.cpp gets AVX-512 with VNNI, what our Q8_0 kernel uses.
+if ! python3 -c "import llama_cpp" 2>/dev/null; then
+  if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \
+      python3 -m pip install -q llama-cpp-python
+  else
+    python3 -m pip install -q llama-cpp-python
+  fi
+fi
 cargo build --release -q -p fc-engine --features mimalloc --bin bench-engine
 m="$out/qwen3-0.6b-random"
 tok=${FC_QWEN3_TOKENIZER:-../shared/qwen3-tokenizer}
