@@ -301,20 +301,8 @@ fn filter_and_draw(
 /// within ~1e-6 of the target). `None`, before any draw, when the row has a non-finite
 /// value or `1 / t` overflows (the general path handles those).
 fn sample_filtered(logits: &[f32], v: usize, params: &SamplingParams, rng: &mut ChaCha8Rng) -> Option<Pick> {
-    let row = &logits[..v];
     let t = params.temperature;
-    let max = max_of(row);
-    let s = (1.0 / t) as f32;
-    if row.is_empty() || !max.is_finite() || !s.is_finite() || !all_finite(row) {
-        return None;
-    }
-    let mut w = vec![0f32; v];
-    let mut sums = Vec::with_capacity(v.div_ceil(WEIGHT_CHUNK));
-    fc_model::attn::exp_weights(row, max, s, &mut w, &mut sums);
-    let total: f64 = sums.iter().sum();
-    if !(total.is_finite() && total > 0.0) {
-        return None;
-    }
+    let RowWeights { max, w, total, .. } = row_weights(&logits[..v], t)?;
     // With min-p alone, just under `min_p` (f32 weights round differently from the f64
     // probabilities, which make the exact cut); for top-k and top-p, where the weights'
     // binary exponents say the list or the mass first fits.
@@ -375,6 +363,32 @@ fn weight_threshold(w: &[f32], k: usize, share: f64, total: f64) -> f32 {
     0.0
 }
 
+/// A row's sampling weights at temperature `t`.
+struct RowWeights {
+    /// The row's maximum.
+    max: f32,
+    /// `exp((logit - max) / t)` per entry, in f32.
+    w: Vec<f32>,
+    /// Sums of each run of [`WEIGHT_CHUNK`] weights, and their total.
+    sums: Vec<f64>,
+    total: f64,
+}
+
+/// [`RowWeights`] of `row` ([`fc_model::attn::exp_weights`]); `None` when the row is empty
+/// or has a non-finite value, `1 / t` overflows, or the total is not positive and finite.
+fn row_weights(row: &[f32], t: f64) -> Option<RowWeights> {
+    let max = max_of(row);
+    let s = (1.0 / t) as f32;
+    if row.is_empty() || !max.is_finite() || !s.is_finite() || !all_finite(row) {
+        return None;
+    }
+    let mut w = vec![0f32; row.len()];
+    let mut sums = Vec::with_capacity(row.len().div_ceil(WEIGHT_CHUNK));
+    fc_model::attn::exp_weights(row, max, s, &mut w, &mut sums);
+    let total: f64 = sums.iter().sum();
+    (total.is_finite() && total > 0.0).then_some(RowWeights { max, w, sums, total })
+}
+
 /// Weights per chunk of [`fc_model::attn::exp_weights`].
 const WEIGHT_CHUNK: usize = 1024;
 
@@ -386,18 +400,7 @@ const WEIGHT_CHUNK: usize = 1024;
 /// those).
 fn sample_whole_row(logits: &[f32], v: usize, t: f64, rng: &mut ChaCha8Rng) -> Option<Pick> {
     let row = &logits[..v];
-    let max = max_of(row);
-    let s = (1.0 / t) as f32;
-    if row.is_empty() || !max.is_finite() || !s.is_finite() || !all_finite(row) {
-        return None;
-    }
-    let mut w = vec![0f32; v];
-    let mut sums = Vec::with_capacity(v.div_ceil(WEIGHT_CHUNK));
-    fc_model::attn::exp_weights(row, max, s, &mut w, &mut sums);
-    let mass: f64 = sums.iter().sum();
-    if !(mass.is_finite() && mass > 0.0) {
-        return None;
-    }
+    let RowWeights { w, sums, total: mass, .. } = row_weights(row, t)?;
     let mut u = rng.random::<f64>() * mass;
     let mut chosen = None;
     for (c, &cs) in sums.iter().enumerate() {
