@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test bench deps build lint fmt clean
+.PHONY: demo test bench deps build lint fmt clean check-cuda
 
 ## demo: build, then run every service in one process on the embedded bus with one pipeline run
 demo: build
@@ -20,6 +20,10 @@ bench: deps
 
 build:
 	$(CARGO) build -p fcmesh
+
+## check-cuda: compile and lint the `cuda` feature (needs nvcc, no GPU; installs Debian's toolkit as root)
+check-cuda:
+	bash scripts/cuda.sh check
 
 ## deps: system packages the tests need (nats-server, redis-server); installs them when root
 deps:

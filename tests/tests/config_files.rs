@@ -43,3 +43,27 @@ fn a_bad_pipeline_file_names_the_problem() {
     let err = format!("{:#}", fcmesh::pipeline::load(&p).expect_err("unknown key"));
     assert!(err.contains("bogus"), "{err}");
 }
+
+/// `FC_DEVICE` is part of the model services' configuration: unset means the CPU, a bad
+/// name fails start-up with the others' problems, and the name is kept for `run`.
+#[test]
+fn the_model_services_read_fc_device() {
+    let src = |v: Option<&str>| {
+        let env: HashMap<String, String> = v.map(|v| ("FC_DEVICE".to_string(), v.to_string())).into_iter().collect();
+        fc_runtime::ConfigSource::from_parts("t", env).expect("source")
+    };
+    use fc_model::device::DeviceSpec;
+    assert_eq!(sft_trainer::Config::from_source(&src(None)).expect("default").device, DeviceSpec::Cpu);
+    assert_eq!(evaluator::Config::from_source(&src(Some("cuda:1"))).expect("cuda:1").device, DeviceSpec::Cuda(1));
+    for service in ["sft-trainer", "evaluator"] {
+        let err = match service {
+            "sft-trainer" => sft_trainer::Config::from_source(&src(Some("tpu"))).map(|_| ()),
+            _ => evaluator::Config::from_source(&src(Some("tpu"))).map(|_| ()),
+        }
+        .expect_err("bad device")
+        .to_string();
+        assert!(err.contains("FC_DEVICE") && err.contains("expected cpu, cuda or cuda:N"), "{service}: {err}");
+    }
+    assert!(sft_trainer::Config::vars().iter().any(|v| v.name == "FC_DEVICE"));
+    assert!(evaluator::Config::vars().iter().any(|v| v.name == "FC_DEVICE"));
+}

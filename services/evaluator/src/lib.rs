@@ -20,7 +20,8 @@ use fc_events::{
     subjects, DatasetIngested, EvalCompleted, EvalMetrics, EventPayload, ModelMerged, ModelPromoted,
     PipelineRequested, Stage,
 };
-use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec};
+use fc_model::device::DeviceSpec;
+use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec, FC_DEVICE};
 use fc_runtime::{service, HandlerError, Publisher, ServiceError, Shutdown, Worker};
 use serde::{Deserialize, Serialize};
 
@@ -33,18 +34,23 @@ pub const DEFAULT_HTTP: &str = "0.0.0.0:9107";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// Where the evaluated models run.
+    pub device: DeviceSpec,
 }
 
 impl Config {
     pub fn vars() -> Vec<VarSpec> {
-        CommonConfig::vars(DEFAULT_HTTP)
+        let mut v = CommonConfig::vars(DEFAULT_HTTP);
+        v.push(FC_DEVICE);
+        v
     }
 
     pub fn from_source(src: &ConfigSource) -> Result<Self, ConfigError> {
         let mut r = src.reader(NAME);
         let common = CommonConfig::read(&mut r, NAME, DEFAULT_HTTP);
+        let device = r.get(&FC_DEVICE);
         r.finish()?;
-        Ok(Self { common })
+        Ok(Self { common, device })
     }
 
     pub fn bus_config(&self) -> BusConfig {
@@ -95,16 +101,17 @@ pub struct PromotedPointer {
     pub metrics: EvalMetrics,
 }
 
-/// Greedy completions of `samples` by the model in `model_dir`, batched by the engine.
-/// Blocking: call it off the async runtime.
-pub fn generate_predictions(model_dir: &Path, samples: &[Sample], max_tokens: usize) -> Result<Predictions, String> {
+/// Greedy completions of `samples` by the model in `model_dir`, batched by the engine on
+/// `device`. Blocking: call it off the async runtime.
+pub fn generate_predictions(model_dir: &Path, samples: &[Sample], max_tokens: usize, device: DeviceSpec) -> Result<Predictions, String> {
     let tok = fc_chat::Tokenizer::from_dir(model_dir).map_err(|e| format!("tokenizer in {}: {e}", model_dir.display()))?;
     let mut prompts = Vec::with_capacity(samples.len());
     for s in samples {
         let (_, ids) = tok.apply_chat_template(&fc_chat::sample::prompt_request(s)).map_err(|e| e.to_string())?;
         prompts.push(ids);
     }
-    let model = fc_model::Model::load(model_dir, &fc_model::Device::Cpu, fc_model::DType::F32)
+    let device = device.open().map_err(|e| e.to_string())?;
+    let model = fc_model::Model::load(model_dir, &device, fc_model::DType::F32)
         .map_err(|e| format!("model in {}: {e}", model_dir.display()))?;
     let engine = fc_engine::Engine::start(model, tok, fc_engine::EngineConfig::default()).map_err(|e| e.to_string())?;
     let params = fc_engine::SamplingParams {
@@ -183,6 +190,7 @@ async fn evaluate(
     store: ArtifactStore,
     publisher: Publisher,
     work: PathBuf,
+    device: DeviceSpec,
 ) -> Result<(), HandlerError> {
     let env = d.envelope().map_err(|e| HandlerError::permanent(format!("not an event envelope: {e}")))?;
     let merged: ModelMerged = env.decode().map_err(|e| HandlerError::permanent(e.to_string()))?;
@@ -209,7 +217,7 @@ async fn evaluate(
     let summary = off_runtime(move || {
         let mut samples = fc_data::read_samples(&val_path).map_err(|e| e.to_string())?;
         samples.truncate(settings.max_samples.max(1));
-        let preds = generate_predictions(&model_dir, &samples, settings.max_tokens)?;
+        let preds = generate_predictions(&model_dir, &samples, settings.max_tokens, device)?;
         score_and_report(&name, &samples, &preds, None, &out)
     })
     .await
@@ -298,13 +306,14 @@ pub async fn run(config: Config, bus: Bus, shutdown: Shutdown) -> Result<(), Ser
     let store = ArtifactStore::for_bus(&bus, &config.common.data_dir);
     let publisher = Publisher::new(bus.clone(), NAME);
     let work = config.common.data_dir.join("work").join(NAME);
+    let device = config.device;
     let (eval_cfg, promote_cfg) = consumers();
     let eval_consumer = bus.consumer(eval_cfg).await?;
     let promote_consumer = bus.consumer(promote_cfg).await?;
     let (b, s, p, sd) = (bus.clone(), store.clone(), publisher.clone(), shutdown.clone());
     let evaluating = tokio::spawn(async move {
         Worker::new(NAME, &eval_consumer)
-            .run(eval_consumer, sd, move |d| evaluate(d, b.clone(), s.clone(), p.clone(), work.clone()))
+            .run(eval_consumer, sd, move |d| evaluate(d, b.clone(), s.clone(), p.clone(), work.clone(), device))
             .await
     });
     let (b, p, sd) = (bus.clone(), publisher.clone(), shutdown.clone());

@@ -57,7 +57,10 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     }
     let preds = match (&args.predictions, &args.model) {
         (Some(p), _) => Predictions::from_path(p)?,
-        (None, Some(m)) => evaluator::generate_predictions(m, &samples, args.max_tokens).map_err(anyhow::Error::msg)?,
+        (None, Some(m)) => {
+            let device = fc_model::device::DeviceSpec::from_env()?;
+            evaluator::generate_predictions(m, &samples, args.max_tokens, device).map_err(anyhow::Error::msg)?
+        }
         (None, None) => bail!("give --model (to generate) or --predictions"),
     };
     let unmatched = fc_eval::unmatched_predictions(&samples, &preds);

@@ -13,7 +13,8 @@ use fcmesh::{pipeline, run_services, status, ServiceName, ALL_SERVICES};
 #[command(name = "fcmesh", version, about = "fcmesh: train and serve a function-calling LLM as a mesh of event-driven services",
     long_about = "fcmesh: train and serve a function-calling LLM as a mesh of event-driven services.\n\n\
     Environment: FC_NATS_URL (NATS JetStream; unset: embedded bus), FC_DATA_DIR (default ./.fcmesh),\n\
-    FC_REDIS_URL, RUST_LOG, FC_LOG_FORMAT=json, OTEL_EXPORTER_OTLP_ENDPOINT.")]
+    FC_REDIS_URL, FC_DEVICE (cpu, cuda, cuda:N; default cpu), RUST_LOG, FC_LOG_FORMAT=json,\n\
+    OTEL_EXPORTER_OTLP_ENDPOINT.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use fc_chat::{ChatRequest, Tokenizer};
-use fc_model::{DType, Device, GenerateParams, Model};
+use fc_model::{DType, GenerateParams, Model};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -22,7 +22,8 @@ pub fn generate(model_dir: &Path, prompt: &str, params: &GenerateParams) -> anyh
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    let mut model = Model::load(model_dir, &Device::Cpu, DType::F32)
+    let device = fc_model::device::from_env()?;
+    let mut model = Model::load(model_dir, &device, DType::F32)
         .with_context(|| format!("loading the model from {}", model_dir.display()))?;
     model.pack_for_inference()?;
     let out = fc_model::generate(&model, &ids, params)?;

@@ -19,7 +19,8 @@ use fc_bus::{Bus, BusConfig, ConsumerConfig, Delivery};
 use fc_events::{
     subjects, DatasetIngested, Envelope, EventPayload, PipelineRequested, SftCheckpoint, SftCompleted, SftStarted, SftStep,
 };
-use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec};
+use fc_model::device::DeviceSpec;
+use fc_runtime::config::{CommonConfig, ConfigError, ConfigSource, VarSpec, FC_DEVICE};
 use fc_runtime::history::{first_run_event, last_run_event};
 use fc_runtime::{service, HandlerError, Publisher, ServiceError, Shutdown, Worker};
 
@@ -51,12 +52,14 @@ pub struct Config {
     pub checkpoint_every: usize,
     pub step_every: usize,
     pub ack_wait: Duration,
+    /// Where the model trains.
+    pub device: DeviceSpec,
 }
 
 impl Config {
     pub fn vars() -> Vec<VarSpec> {
         let mut v = CommonConfig::vars(DEFAULT_HTTP);
-        v.extend([FC_SFT_CHECKPOINT_EVERY, FC_SFT_STEP_EVERY, FC_SFT_ACK_WAIT_SECONDS]);
+        v.extend([FC_SFT_CHECKPOINT_EVERY, FC_SFT_STEP_EVERY, FC_SFT_ACK_WAIT_SECONDS, FC_DEVICE]);
         v
     }
 
@@ -66,11 +69,12 @@ impl Config {
         let checkpoint_every: usize = r.get(&FC_SFT_CHECKPOINT_EVERY);
         let step_every: usize = r.get(&FC_SFT_STEP_EVERY);
         let ack: u64 = r.get(&FC_SFT_ACK_WAIT_SECONDS);
+        let device = r.get(&FC_DEVICE);
         if ack == 0 {
             r.problem("FC_SFT_ACK_WAIT_SECONDS must be > 0");
         }
         r.finish()?;
-        Ok(Self { common, checkpoint_every, step_every: step_every.max(1), ack_wait: Duration::from_secs(ack.max(1)) })
+        Ok(Self { common, checkpoint_every, step_every: step_every.max(1), ack_wait: Duration::from_secs(ack.max(1)), device })
     }
 
     pub fn bus_config(&self) -> BusConfig {
@@ -249,21 +253,24 @@ async fn handle(d: Delivery, ctx: Ctx) -> Result<(), HandlerError> {
     let relay = Relay { tx, shutdown: ctx.shutdown.clone() };
     {
         let (cfg, base_path, out, val_file) = (cfg.clone(), base_path.clone(), out.clone(), val_file.clone());
+        let device = ctx.config.device;
         std::thread::Builder::new()
             .name(format!("sft-{run}"))
             .spawn(move || {
                 let mut relay = relay;
-                let r = train::train_with(
-                    &cfg,
-                    &base_path,
-                    &train_file,
-                    val_file.as_deref(),
-                    &out,
-                    &opts,
-                    &mut relay,
-                    &fc_model::Device::Cpu,
-                    fc_model::DType::F32,
-                );
+                let r = device.open().map_err(train::SftError::from).and_then(|device| {
+                    train::train_with(
+                        &cfg,
+                        &base_path,
+                        &train_file,
+                        val_file.as_deref(),
+                        &out,
+                        &opts,
+                        &mut relay,
+                        &device,
+                        fc_model::DType::F32,
+                    )
+                });
                 let _ = done_tx.send(r);
             })
             .map_err(retry)?;

@@ -11,6 +11,7 @@ pub mod batch;
 mod blocks;
 pub mod config;
 mod decode_attn;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -151,6 +151,12 @@ pub const FC_CONFIG: VarSpec =
     VarSpec { name: "FC_CONFIG", default: "", help: "optional TOML file with any of these variables" };
 pub const FC_LOG_FORMAT: VarSpec =
     VarSpec { name: "FC_LOG_FORMAT", default: "text", help: "`text` or `json` log lines on stderr" };
+/// Read by the services that run a model (parsed there, into `fc_model::device::DeviceSpec`).
+pub const FC_DEVICE: VarSpec = VarSpec {
+    name: "FC_DEVICE",
+    default: "cpu",
+    help: "where models run: cpu, cuda or cuda:N (CUDA needs a binary built with --features cuda)",
+};
 pub const RUST_LOG: VarSpec = VarSpec { name: "RUST_LOG", default: "info", help: "log filter (tracing EnvFilter syntax)" };
 pub const OTEL_ENDPOINT: VarSpec = VarSpec {
     name: "OTEL_EXPORTER_OTLP_ENDPOINT",

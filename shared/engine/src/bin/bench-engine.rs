@@ -6,9 +6,14 @@
 //! bench-engine --write DIR [--tokenizer ../shared/qwen3-tokenizer] [--layers 28]
 //!     writes DIR (HF safetensors, f32, with the tokenizer files) and DIR/model-f32.gguf
 //! bench-engine --bench DIR [--q8 FILE.gguf [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8]
+//!     [--device cpu|cuda|cuda:N]
 //!     prints the markdown table (header + one row per weight type; Q8_0 twice, with an
 //!     f32 and an f16 KV cache, llama.cpp's default)
 //! ```
+//!
+//! `--device` defaults to `FC_DEVICE` (the CPU when unset); a CUDA run needs a binary
+//! built with `--features cuda` and prints no roofline (the read bandwidth measured here
+//! is the CPU's).
 //!
 //! Everything runs through [`fc_engine::Engine`] (the scheduler the gateway uses), with
 //! the prefix cache off so every prefill is computed. `scripts/bench/engine_peers.py`
@@ -54,6 +59,7 @@ struct Args {
     ways: usize,
     /// `--skip-f32 1`: only the `--q8` row (quicker A/B runs of the quantized path).
     skip_f32: bool,
+    device: fc_model::device::DeviceSpec,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         decode: 32,
         ways: 8,
         skip_f32: false,
+        device: fc_model::device::DeviceSpec::from_env().map_err(|e| e.to_string())?,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
             "--decode" => a.decode = num()?,
             "--ways" => a.ways = num()?,
             "--skip-f32" => a.skip_f32 = num()? != 0,
+            "--device" => a.device = val.parse().map_err(|e| format!("--device: {e}"))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -106,7 +114,7 @@ fn main() {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "usage: bench-engine --write DIR [--tokenizer DIR] [--layers 28] | --bench DIR [--q8 FILE [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8]"
+                "usage: bench-engine --write DIR [--tokenizer DIR] [--layers 28] | --bench DIR [--q8 FILE [--skip-f32 1]] [--prompt 512] [--decode 32] [--ways 8] [--device cpu|cuda|cuda:N]"
             );
             std::process::exit(2);
         }
@@ -131,25 +139,32 @@ fn run(a: &Args) -> Result<(), BoxError> {
         write_model(dir, &a.tokenizer, a.layers)?;
     }
     if let Some(dir) = &a.bench {
-        let bw = read_bandwidth();
+        let device = a.device.open()?;
+        // The roofline is the CPU's: on a GPU the column reads n/a.
+        let bw = device.is_cpu().then(read_bandwidth);
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        println!("read bandwidth {:.1} GB/s ({threads} threads, 1 GiB, best of 5)", bw / 1e9);
+        match bw {
+            Some(bw) => println!("read bandwidth {:.1} GB/s ({threads} threads, 1 GiB, best of 5)", bw / 1e9),
+            None => println!("device {}", a.device),
+        }
         println!("| impl | weights | threads | prefill {} tok/s | decode b1 tok/s | decode {}-way tok/s | {}-way / b1 | weight MiB read per token | b1 / roofline |", a.prompt, a.ways, a.ways);
         println!("|---|---|---|---|---|---|---|---|---|");
         let tok = fc_chat::Tokenizer::from_dir(dir)?;
+        let impl_name = if device.is_cpu() { "fcmesh engine".to_string() } else { format!("fcmesh engine ({})", a.device) };
+        let print = |weights: &str, row: &Row| print_row(&impl_name, weights, threads, bw, row);
         if !(a.skip_f32 && a.q8.is_some()) {
-            let dense = Model::load(dir, &Device::Cpu, DType::F32)?;
+            let dense = Model::load(dir, &device, DType::F32)?;
             let row = measure(dense, tok.clone(), a, None)?;
-            print_row("f32", threads, bw, &row);
+            print("f32", &row);
         }
         if let Some(q8) = &a.q8 {
-            let q = Model::load_gguf(q8, &Device::Cpu)?;
+            let q = Model::load_gguf(q8, &device)?;
             let row = measure(q, tok.clone(), a, None)?;
-            print_row("Q8_0 (GGUF)", threads, bw, &row);
+            print("Q8_0 (GGUF)", &row);
             // llama.cpp's default cache type: its rows read an f16 cache too.
-            let q = Model::load_gguf(q8, &Device::Cpu)?;
+            let q = Model::load_gguf(q8, &device)?;
             let row = measure(q, tok, a, Some(fc_engine::KvDtype::F16))?;
-            print_row("Q8_0 (GGUF), f16 KV", threads, bw, &row);
+            print("Q8_0 (GGUF), f16 KV", &row);
         }
     }
     Ok(())
@@ -174,16 +189,18 @@ struct Row {
     bytes_per_token: usize,
 }
 
-fn print_row(weights: &str, threads: usize, bw: f64, r: &Row) {
-    let roofline = bw / r.bytes_per_token as f64;
+fn print_row(impl_name: &str, weights: &str, threads: usize, bw: Option<f64>, r: &Row) {
+    let roofline = match bw {
+        Some(bw) => format!("{:.2}", r.decode1 / (bw / r.bytes_per_token as f64)),
+        None => "n/a".into(),
+    };
     println!(
-        "| fcmesh engine | {weights} | {threads} | {:.1} | {:.2} | {:.2} | {:.1}x | {:.0} | {:.2} |",
+        "| {impl_name} | {weights} | {threads} | {:.1} | {:.2} | {:.2} | {:.1}x | {:.0} | {roofline} |",
         r.prefill,
         r.decode1,
         r.decode_n,
         r.decode_n / r.decode1,
         r.bytes_per_token as f64 / (1 << 20) as f64,
-        r.decode1 / roofline
     );
 }
 

@@ -23,7 +23,13 @@ pub fn model(tok: &Tokenizer) -> Model {
     let vocab = tok.vocab_size().div_ceil(64) * 64;
     let eos = tok.token_to_id("<|im_end|>").unwrap_or(0);
     let cfg = ModelConfig::qwen3(vocab, 64, 128, 2, 4, 2, 16, true, 0, eos).unwrap();
-    Model::random(cfg, 11, &Device::Cpu, DType::F32).unwrap()
+    Model::random(cfg, 11, &device(), DType::F32).unwrap()
+}
+
+/// The device the suite runs on: `FC_DEVICE` (the CPU when unset), so that
+/// `FC_DEVICE=cuda cargo test -p fc-engine --features cuda` checks a CUDA build on a GPU.
+pub fn device() -> Device {
+    fc_model::device::from_env().expect("FC_DEVICE")
 }
 
 /// An adapter with non-zero B so it changes the output.
