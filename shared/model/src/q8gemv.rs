@@ -370,7 +370,10 @@ mod avx512 {
     /// the prefetch goes to L2, with more to L1. On a Zen 4 with a 32 KiB L1, the L2 hint
     /// took the 0.6B model's batch-1 step from 30-35 to 25.5-27 ms (five runs each,
     /// alternating binaries), while the 8-row step was 37-42 ms with the L1 hint, 42-47
-    /// with the L2 one.
+    /// with the L2 one. The L2 hint is `T2`: Intel cores treat `T1` and `T2` alike, and on
+    /// a Zen 4 VM `T2` gave batch-1 steps of 17.3 / 18.0 / 22.9 ms against 18.9 / 18.4 /
+    /// 25.6 with `T1` (alternating binaries, medians of 48 steps; no prefetch at all: 26 ms
+    /// whatever the bandwidth).
     const PF_BYTES: usize = 8 * TILE_BLOCK_BYTES;
 
     /// One tile against `rows` (1..=8) activation rows from `r0`; `lanes[r][j]` is
@@ -460,7 +463,7 @@ mod avx512 {
                 // A hint never faults, so it may run past the tile (into the next one).
                 let pf = blk.wrapping_add(PF_BYTES + g * 64) as *const i8;
                 if R <= 2 {
-                    _mm_prefetch::<_MM_HINT_T1>(pf);
+                    _mm_prefetch::<_MM_HINT_T2>(pf);
                 } else {
                     _mm_prefetch::<_MM_HINT_T0>(pf);
                 }
