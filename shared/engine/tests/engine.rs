@@ -94,8 +94,34 @@ async fn batched_greedy_equals_one_at_a_time_on_an_f16_cache() {
     check_batched_greedy(EngineConfig { kv_cache_dtype: Some(fc_engine::KvDtype::F16), ..Default::default() }).await;
 }
 
+/// A GPU runs candle's composed ops: none of the CPU kernels (packed and Q8_0 matmuls,
+/// fused prompt attention, fused row steps, decode attention), which all need a CPU f32
+/// model. An f64 model takes that same path on the CPU, so its batching, cache and
+/// log-probs are checked here without a GPU.
+#[tokio::test]
+async fn the_composed_path_other_devices_run_batches_and_reports_logprobs() {
+    let tok = tokenizer();
+    let model = model_in(&tok, fc_model::DType::F64);
+    let engine = Engine::start(model.clone(), tok.clone(), EngineConfig::default()).unwrap();
+    let s = Setup { engine, model, tok };
+    check_batched_greedy_on(&s).await;
+    let v = s.tok.vocab_size();
+    for (i, len) in [5usize, 13].into_iter().enumerate() {
+        let p = prompt(len, 40 + i as u32, v);
+        let o = s.engine.generate(Request::new(p.clone(), sampled(i as u64, 12))).await.unwrap().remove(0);
+        assert_eq!(o.token_ids.len(), 12);
+        let reference = reference_logprobs(&s.model, None, &p, &o.token_ids);
+        for (j, (a, b)) in o.logprobs.iter().zip(&reference).enumerate() {
+            assert!((a - b).abs() < 1e-4, "prompt {i} token {j}: {a} vs {b}");
+        }
+    }
+}
+
 async fn check_batched_greedy(config: EngineConfig) {
-    let s = setup(config);
+    check_batched_greedy_on(&setup(config)).await;
+}
+
+async fn check_batched_greedy_on(s: &Setup) {
     let v = s.tok.vocab_size();
     let prompts: Vec<Vec<u32>> = [3, 9, 17, 30]
         .iter()

@@ -20,10 +20,15 @@ pub fn tokenizer() -> Tokenizer {
 }
 
 pub fn model(tok: &Tokenizer) -> Model {
+    model_in(tok, DType::F32)
+}
+
+/// [`model`] with weights of `dtype`.
+pub fn model_in(tok: &Tokenizer, dtype: DType) -> Model {
     let vocab = tok.vocab_size().div_ceil(64) * 64;
     let eos = tok.token_to_id("<|im_end|>").unwrap_or(0);
     let cfg = ModelConfig::qwen3(vocab, 64, 128, 2, 4, 2, 16, true, 0, eos).unwrap();
-    Model::random(cfg, 11, &device(), DType::F32).unwrap()
+    Model::random(cfg, 11, &device(), dtype).unwrap()
 }
 
 /// The device the suite runs on: `FC_DEVICE` (the CPU when unset), so that
@@ -75,6 +80,7 @@ pub fn reference_logprobs(
     let t = Tensor::from_slice(&ids, (1, ids.len()), m.device()).unwrap();
     let mut cache = m.new_cache();
     let logits = m.forward(&t, &mut cache, lora).unwrap().squeeze(0).unwrap();
+    let logits = logits.to_dtype(DType::F32).unwrap();
     let lsm = candle_nn_log_softmax(&logits);
     completion
         .iter()
