@@ -28,7 +28,7 @@ pub enum DeviceSpec {
 impl FromStr for DeviceSpec {
     type Err = String;
 
-    /// `cpu`, `cuda`, `cuda:N` (case and surrounding spaces ignored).
+    /// `cpu`, `cuda` (or `gpu`), `cuda:N`; case and surrounding spaces are ignored.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let t = s.trim().to_ascii_lowercase();
         match t.as_str() {
