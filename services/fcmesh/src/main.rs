@@ -371,7 +371,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", s.loss, s.learning_rate, s.tokens_per_second));
                 };
                 let opts = sft_trainer::train::TrainOptions { checkpoint_every, resume_from: resume, ..Default::default() };
-                let r = sft_trainer::train::train_with_callback(&cfg, &model, &train, val.as_deref(), &out, &opts, &mut on_step);
+                let device = fc_model::device::from_env()?;
+                let r = sft_trainer::train::train_with_callback(&cfg, &model, &train, val.as_deref(), &out, &opts, &mut on_step, &device);
                 bar.finish_and_clear();
                 r.map_err(anyhow::Error::from)
             })

@@ -562,8 +562,7 @@ fn micro_batch_rng(seed: u64, batch_index: usize) -> ChaCha8Rng {
 }
 
 /// Trains a LoRA adapter on `train_file` (processed-sample JSONL) over the model in
-/// `model_dir` (HF layout with tokenizer files), in f32 on the device `FC_DEVICE` names
-/// (the CPU when unset). Writes the PEFT
+/// `model_dir` (HF layout with tokenizer files), on the CPU in f32. Writes the PEFT
 /// adapter to `out_dir/adapter`. `on_step` is called after every optimizer step.
 pub fn train(
     cfg: &SftConfig,
@@ -573,10 +572,11 @@ pub fn train(
     out_dir: &Path,
     on_step: &mut dyn FnMut(StepInfo),
 ) -> Result<SftReport> {
-    train_with_callback(cfg, model_dir, train_file, val_file, out_dir, &TrainOptions::default(), on_step)
+    train_with_callback(cfg, model_dir, train_file, val_file, out_dir, &TrainOptions::default(), on_step, &Device::Cpu)
 }
 
-/// [`train`] with checkpoint/resume options (f32, on `FC_DEVICE`).
+/// [`train`] with checkpoint/resume options, in f32 on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_with_callback(
     cfg: &SftConfig,
     model_dir: &Path,
@@ -585,10 +585,10 @@ pub fn train_with_callback(
     out_dir: &Path,
     opts: &TrainOptions,
     on_step: &mut dyn FnMut(StepInfo),
+    device: &Device,
 ) -> Result<SftReport> {
     let mut obs = StepFn(on_step);
-    let device = fc_model::device::from_env()?;
-    match train_with(cfg, model_dir, train_file, val_file, out_dir, opts, &mut obs, &device, DType::F32)? {
+    match train_with(cfg, model_dir, train_file, val_file, out_dir, opts, &mut obs, device, DType::F32)? {
         Outcome::Completed(r) => Ok(r),
         Outcome::Stopped { step, .. } => Err(SftError::Config(format!("training stopped at step {step}"))),
     }
