@@ -8,7 +8,7 @@ Measures what `bench-engine` measures, the same way:
   * prefill: one forward over a `--prompt`-token prompt from an empty cache, logits of the
     last position only (best of 2);
   * decode: tokens/s of `--decode` single-token steps after a 32-token prompt (batch 1),
-    best of 3 (of 5 where 8-way runs);
+    best of 5;
   * 8-way: aggregate tokens/s of `--ways` sequences decoding together (transformers only:
     llama-cpp-python's API decodes one sequence); 5 rounds alternating with batch 1, each
     rate the best of its rounds and the ratio the median of the rounds' own ratios.
@@ -92,9 +92,9 @@ def llama_row(path, label, args):
         dt = time.perf_counter() - t0
         best = dt if best is None else min(best, dt)
     prefill = args.prompt / best
-    # Best of 3, as bench-engine measures its decode.
+    # Best of 5, as bench-engine measures its decode.
     d1 = 0.0
-    for _ in range(3):
+    for _ in range(5):
         llm.reset()
         llm.eval(toks(32))
         steps = toks(args.decode)
