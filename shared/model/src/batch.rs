@@ -430,6 +430,15 @@ fn linear_group(model: &Model, x: &Tensor, layer: usize, projs: &[Proj], lora: O
 }
 
 /// `x + y`: [`crate::rowops::add`] on CPU f32, candle's add otherwise.
+/// A hidden-size RMS norm of the forward: [`crate::rowops::rms_norm`] on CPU f32, candle's
+/// otherwise.
+fn norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    match crate::rowops::rms_norm(x, w, eps as f32) {
+        Some(t) => Ok(t),
+        None => Ok(rms_norm_fused(x, w, eps)?),
+    }
+}
+
 fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     match crate::rowops::add(x, y) {
         Some(t) => Ok(t),
@@ -808,7 +817,7 @@ fn forward_ragged_in_pool(
     let eps = c.rms_norm_eps;
     for i in 0..nl {
         let l = &model.layers[i];
-        let h = rms_norm_fused(&x, &l.input_layernorm, eps)?;
+        let h = norm(&x, &l.input_layernorm, eps)?;
         let [q, k, v]: [Tensor; 3] = linear_group(model, &h, i, &[Proj::Q, Proj::K, Proj::V], lora)?
             .try_into()
             .map_err(|_| ModelError::Input("q, k, v projections".into()))?;
@@ -852,7 +861,7 @@ fn forward_ragged_in_pool(
             Tensor::cat(&outs, 1)?
         };
         x = residual(&x, &linear(model, &attn, i, Proj::O, lora)?)?;
-        let h = rms_norm_fused(&x, &l.post_attention_layernorm, eps)?;
+        let h = norm(&x, &l.post_attention_layernorm, eps)?;
         let [gate, up]: [Tensor; 2] = linear_group(model, &h, i, &[Proj::Gate, Proj::Up], lora)?
             .try_into()
             .map_err(|_| ModelError::Input("gate and up projections".into()))?;
@@ -869,7 +878,7 @@ fn forward_ragged_in_pool(
     let last: Vec<u32> = ranges.iter().map(|&(a, t)| (a + t - 1) as u32).collect();
     let last = Tensor::from_vec(last, ranges.len(), dev)?;
     let h = x.squeeze(0)?.index_select(&last, 0)?;
-    let h = rms_norm_fused(&h, &model.norm, eps)?;
+    let h = norm(&h, &model.norm, eps)?;
     model.logits(&h)
 }
 
