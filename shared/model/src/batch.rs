@@ -429,7 +429,6 @@ fn linear_group(model: &Model, x: &Tensor, layer: usize, projs: &[Proj], lora: O
     })
 }
 
-/// `x + y`: [`crate::rowops::add`] on CPU f32, candle's add otherwise.
 /// A hidden-size RMS norm of the forward: [`crate::rowops::rms_norm`] on CPU f32, candle's
 /// otherwise.
 fn norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -439,6 +438,7 @@ fn norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// `x + y`: [`crate::rowops::add`] on CPU f32, candle's add otherwise.
 fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     match crate::rowops::add(x, y) {
         Some(t) => Ok(t),

@@ -538,7 +538,9 @@ mod avx512 {
     }
 
     /// One tile against `rows` (1..=8) activation rows from `r0`; `lanes[r][j]` is
-    /// `dot(x[r0 + r], w[j])`.
+    /// `dot(x[r0 + r], w[j])`. Full groups of 8 rows take [`tile8`] when the activations
+    /// have their interleaved copy (always, where this kernel runs); the compiled 8-row
+    /// arm here is its reference in the tests.
     ///
     /// # Safety
     /// AVX-512 F/BW, VNNI and F16C present; `w` is a whole tile of `k / 32` blocks; `acts`
@@ -744,9 +746,9 @@ mod tests {
         assert!(matmul_group(&refs, &x[..k + 1], 2).iter().all(|y| y.is_empty()), "short input");
     }
 
-    /// The hand-scheduled 8-row pass gives every row the bits of that row alone (which
-    /// takes the compiled 1-row pass), for one and several groups of 8, a remainder of
-    /// rows after them, and a single block per row.
+    /// The hand-scheduled 8-row pass gives the compiled 8-row pass's bits, and every row
+    /// the bits of that row alone (the compiled 1-row pass), for one and several groups
+    /// of 8, a remainder of rows after them, and a single block per row.
     #[test]
     fn the_eight_row_pass_gives_each_row_its_own_bits() {
         if !available() {
@@ -758,6 +760,17 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / (3.0 + (i % 7) as f32)).collect();
             let acts = quantize_rows(&x, m, k);
             assert_eq!(acts.oct.len(), m / 8 * k / QK * OCT_BLOCK_BYTES, "m={m}");
+            // Without the interleaved copy, full groups take the compiled 8-row pass:
+            // the same bits.
+            let run = |acts: &Acts| {
+                let mut y = vec![0f32; m * n];
+                // SAFETY: `p.data` is all of the weight's tiles (columns 0..n), and `y`
+                // holds `m * n` values.
+                unsafe { task(&p.data, acts, k, m, n, 0, OutPtr(y.as_mut_ptr())) };
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let compiled = Acts { q: acts.q.clone(), d: acts.d.clone(), start: acts.start.clone(), oct: Vec::new() };
+            assert_eq!(run(&acts), run(&compiled), "m={m} n={n} k={k}: assembly and compiled 8-row passes");
             let y = p.matmul(&x, m);
             for r in 0..m {
                 let alone = p.matmul(&x[r * k..(r + 1) * k], 1);

@@ -158,21 +158,22 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Option<Tensor> {
     /// Rows per task of a split norm.
     const ROWS: usize = 32;
     let d = *x.dims().last()?;
-    let weight = with_cpu_f32(w, |w| w.to_vec())?;
-    if d == 0 || weight.len() != d {
-        return None;
-    }
-    let out = with_cpu_f32(x, |xs| {
-        let mut out = vec![0f32; xs.len()];
-        if xs.len() >= 2 * ROWS * d {
-            out.par_chunks_mut(ROWS * d)
-                .zip(xs.par_chunks(ROWS * d))
-                .for_each(|(o, x)| rms_norm_rows(x, &weight, eps, o));
-        } else {
-            rms_norm_rows(xs, &weight, eps, &mut out);
+    let out = with_cpu_f32(w, |weight| {
+        if d == 0 || weight.len() != d {
+            return None;
         }
-        out
-    })?;
+        with_cpu_f32(x, |xs| {
+            let mut out = vec![0f32; xs.len()];
+            if xs.len() >= 2 * ROWS * d {
+                out.par_chunks_mut(ROWS * d)
+                    .zip(xs.par_chunks(ROWS * d))
+                    .for_each(|(o, x)| rms_norm_rows(x, weight, eps, o));
+            } else {
+                rms_norm_rows(xs, weight, eps, &mut out);
+            }
+            out
+        })
+    })??;
     Tensor::from_vec(out, x.shape(), &Device::Cpu).ok()
 }
 
