@@ -11,7 +11,9 @@
 //!   rows' partial sums in the 16 lanes (no horizontal sums);
 //! * up to 8 activation rows share each weight load (a whole decode batch of 8 in one
 //!   pass, so the weights stream from memory once), and the stream is prefetched ahead;
-//!   the full 8-row pass is hand-scheduled assembly ([`avx512::tile8`]);
+//!   the full 8-row pass is hand-scheduled assembly ([`avx512::tile8`]), which on Intel
+//!   cores prefetches the stream a second time, into L2; every pass writes its sums
+//!   straight into the output;
 //! * activations are quantized per 32-value block exactly as llama.cpp quantizes them for
 //!   Q8_0 weights (scale = max |x| / 127, round to nearest), with vector code;
 //! * tiles are split over the rayon pool.
@@ -334,6 +336,31 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     (d, -128 * sum)
 }
 
+/// Whether the 8-row pass prefetches the weight stream a second time, further ahead and
+/// into L2 ([`avx512::tile8_l2`]): on Intel cores, checked once. On a 2-core Emerald
+/// Rapids VM the second prefetch took the 8-row loop streaming from memory from 130-138
+/// to 115-119 cycles a block (one core; a loop that only reads the stream: 107-119), and
+/// the 0.6B model's 8-way Q8_0 step from 50.1 / 52.7 / 46.4 to 46.0 / 48.7 / 44.5 ms
+/// (the two passes alternating step by step in one process, medians of 20). Zen cores,
+/// where it has not been measured, keep the one prefetch the pass was tuned with.
+fn second_prefetch() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static INTEL: OnceLock<bool> = OnceLock::new();
+        *INTEL.get_or_init(|| {
+            // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 0 is the vendor string.
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One task: its tiles (`w`) against every activation row, in passes of up to 8 rows,
 /// into columns `col0..` of the `[m, n]` output.
 ///
@@ -343,27 +370,30 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
 unsafe fn task(w: &[u8], acts: &Acts, k: usize, m: usize, n: usize, col0: usize, out: OutPtr) {
     let tile_bytes = k / QK * TILE_BLOCK_BYTES;
     let tiles = w.len() / tile_bytes;
-    let mut lanes = [[0f32; TILE]; 8];
+    let kb = k / QK;
+    let l2 = second_prefetch();
     for t in 0..tiles {
         let tw = &w[t * tile_bytes..(t + 1) * tile_bytes];
         let mut r0 = 0;
         while r0 < m {
             let rows = (m - r0).min(8);
-            let kb = k / QK;
+            let dst = out.0.add(r0 * n + col0 + t * TILE);
             #[cfg(target_arch = "x86_64")]
             if rows == 8 && !acts.oct.is_empty() {
                 // SAFETY: as below; `r0` is a multiple of 8 (every earlier pass took 8
                 // rows), so group `r0 / 8` is a whole group of `oct`.
-                avx512::tile8(tw, &acts.oct[r0 / 8 * kb * OCT_BLOCK_BYTES..][..kb * OCT_BLOCK_BYTES], kb, &mut lanes);
+                let oct = &acts.oct[r0 / 8 * kb * OCT_BLOCK_BYTES..][..kb * OCT_BLOCK_BYTES];
+                if l2 {
+                    avx512::tile8_l2(tw, oct, kb, dst, n);
+                } else {
+                    avx512::tile8(tw, oct, kb, dst, n);
+                }
             } else {
                 // SAFETY: `available()` held when the weight was packed (AVX-512 F/BW,
-                // VNNI, F16C); `tw` is one whole tile of `k / 32` blocks and the
-                // activations hold rows `r0..r0 + rows` of `k` values and `k / 32` blocks.
-                avx512::tile(tw, acts, k, r0, rows, &mut lanes);
-            }
-            for (r, l) in lanes.iter().take(rows).enumerate() {
-                let dst = out.0.add((r0 + r) * n + col0 + t * TILE);
-                std::ptr::copy_nonoverlapping(l.as_ptr(), dst, TILE);
+                // VNNI, F16C); `tw` is one whole tile of `k / 32` blocks, the activations
+                // hold rows `r0..r0 + rows` of `k` values and `k / 32` blocks, and `dst`
+                // starts this tile's 16 columns of row `r0` in the `[m, n]` output.
+                avx512::tile(tw, acts, k, r0, rows, dst, n);
             }
             r0 += rows;
         }
@@ -442,6 +472,17 @@ mod avx512 {
         };
     }
 
+    /// [`group8`] with a second prefetch of the stream, [`L2_PF_BYTES`] ahead into L2.
+    macro_rules! group8_l2 {
+        ($g:literal, $v:literal) => {
+            concat!("prefetcht2 byte ptr [{w} + {pf2} + 64*", $g, "]\n", group8!($g, $v))
+        };
+    }
+
+    /// How far ahead [`tile8_l2`] prefetches into L2 as well: 16 to 64 blocks measured
+    /// the same in a standalone loop on an Emerald Rapids VM (115-119 cycles a block).
+    const L2_PF_BYTES: usize = 24 * TILE_BLOCK_BYTES;
+
     /// Row `$r`'s end of a block: its integer sum (`zmm$s`) to floats, times the weight
     /// scales (`zmm24`) times the row's scale, added into its accumulator (`zmm$r`).
     macro_rules! finish8 {
@@ -454,108 +495,150 @@ mod avx512 {
         };
     }
 
-    /// [`tile`] for exactly 8 rows, from their interleaved copy `oct` (`kb` blocks of
-    /// [`OCT_BLOCK_BYTES`]): the same operations in the same order per row, so the same
-    /// bits, but scheduled by hand, each group's 8 `vpdpbusd` going to 8 different rows.
-    /// On Zen 4, `vpdpbusd`, `vmulps` and `vfmadd` share one 512-bit op a cycle, while
-    /// `vcvtdq2ps` and broadcast loads run beside them (measured with loops of the bare
-    /// instructions), so a block costs at least 64 + 8 + 8 = 80 cycles. This loop takes
-    /// 80-83 cycles a block with its data in cache, and 110-135 when the weights stream
-    /// from memory (a 2-core Zen 4 VM). In cache the compiled [`rows_n`] ran the same,
-    /// but in the model's 8-way decode step (where the weights stream) this pass raised
-    /// Q8_0 throughput from 236-263 to 255-283 tokens/s (alternating binaries).
-    ///
-    /// # Safety
-    /// AVX-512 F/BW, VNNI and F16C present; `kb >= 1`; `w` is a whole tile of `kb` blocks
-    /// and `oct` holds `kb` blocks.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) unsafe fn tile8(w: &[u8], oct: &[u8], kb: usize, lanes: &mut [[f32; TILE]; 8]) {
-        assert!(kb >= 1 && w.len() >= kb * TILE_BLOCK_BYTES && oct.len() >= kb * OCT_BLOCK_BYTES);
-        asm!(
-            "vpxord zmm0, zmm0, zmm0",
-            "vpxord zmm1, zmm1, zmm1",
-            "vpxord zmm2, zmm2, zmm2",
-            "vpxord zmm3, zmm3, zmm3",
-            "vpxord zmm4, zmm4, zmm4",
-            "vpxord zmm5, zmm5, zmm5",
-            "vpxord zmm6, zmm6, zmm6",
-            "vpxord zmm7, zmm7, zmm7",
-            "2:",
-            // Each row's integer sum starts at its `-128 * sum(x)` for the block.
-            "vpbroadcastd zmm8, dword ptr [{x} + 288]",
-            "vpbroadcastd zmm9, dword ptr [{x} + 292]",
-            "vpbroadcastd zmm10, dword ptr [{x} + 296]",
-            "vpbroadcastd zmm11, dword ptr [{x} + 300]",
-            "vpbroadcastd zmm12, dword ptr [{x} + 304]",
-            "vpbroadcastd zmm13, dword ptr [{x} + 308]",
-            "vpbroadcastd zmm14, dword ptr [{x} + 312]",
-            "vpbroadcastd zmm15, dword ptr [{x} + 316]",
-            group8!(0, 16),
-            group8!(1, 17),
-            group8!(2, 18),
-            group8!(3, 19),
-            group8!(4, 20),
-            group8!(5, 21),
-            group8!(6, 22),
-            group8!(7, 23),
-            "vcvtph2ps zmm24, ymmword ptr [{w}]",
-            finish8!(0, 8),
-            finish8!(1, 9),
-            finish8!(2, 10),
-            finish8!(3, 11),
-            finish8!(4, 12),
-            finish8!(5, 13),
-            finish8!(6, 14),
-            finish8!(7, 15),
-            "add {w}, {wstep}",
-            "add {x}, {oct}",
-            "dec {n}",
-            "jnz 2b",
-            "vmovups zmmword ptr [{out}], zmm0",
-            "vmovups zmmword ptr [{out} + 64], zmm1",
-            "vmovups zmmword ptr [{out} + 128], zmm2",
-            "vmovups zmmword ptr [{out} + 192], zmm3",
-            "vmovups zmmword ptr [{out} + 256], zmm4",
-            "vmovups zmmword ptr [{out} + 320], zmm5",
-            "vmovups zmmword ptr [{out} + 384], zmm6",
-            "vmovups zmmword ptr [{out} + 448], zmm7",
-            w = inout(reg) w.as_ptr() => _,
-            x = inout(reg) oct.as_ptr() => _,
-            n = inout(reg) kb => _,
-            out = in(reg) lanes.as_mut_ptr(),
-            pf = const PF_BYTES,
-            wstep = const TILE_BLOCK_BYTES,
-            oct = const OCT_BLOCK_BYTES,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-            out("zmm24") _, out("zmm25") _,
-            options(nostack),
-        );
+    /// The 8-row pass, with one prefetch of the weight stream per 64 bytes (`$group` is
+    /// [`group8`]) or two ([`group8_l2`]); `$tail` is the ninth line's second prefetch
+    /// (or a comment that names `{pf2}`, which `asm!` requires every operand to be).
+    macro_rules! tile8_fn {
+        ($(#[$doc:meta])* $name:ident, $group:ident, $tail:expr) => {
+            $(#[$doc])*
+            #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+            pub(super) unsafe fn $name(w: &[u8], oct: &[u8], kb: usize, out: *mut f32, stride: usize) {
+                assert!(kb >= 1 && w.len() >= kb * TILE_BLOCK_BYTES && oct.len() >= kb * OCT_BLOCK_BYTES);
+                asm!(
+                    "vpxord zmm0, zmm0, zmm0",
+                    "vpxord zmm1, zmm1, zmm1",
+                    "vpxord zmm2, zmm2, zmm2",
+                    "vpxord zmm3, zmm3, zmm3",
+                    "vpxord zmm4, zmm4, zmm4",
+                    "vpxord zmm5, zmm5, zmm5",
+                    "vpxord zmm6, zmm6, zmm6",
+                    "vpxord zmm7, zmm7, zmm7",
+                    "2:",
+                    // Each row's integer sum starts at its `-128 * sum(x)` for the block.
+                    "vpbroadcastd zmm8, dword ptr [{x} + 288]",
+                    "vpbroadcastd zmm9, dword ptr [{x} + 292]",
+                    "vpbroadcastd zmm10, dword ptr [{x} + 296]",
+                    "vpbroadcastd zmm11, dword ptr [{x} + 300]",
+                    "vpbroadcastd zmm12, dword ptr [{x} + 304]",
+                    "vpbroadcastd zmm13, dword ptr [{x} + 308]",
+                    "vpbroadcastd zmm14, dword ptr [{x} + 312]",
+                    "vpbroadcastd zmm15, dword ptr [{x} + 316]",
+                    $group!(0, 16),
+                    $group!(1, 17),
+                    $group!(2, 18),
+                    $group!(3, 19),
+                    $group!(4, 20),
+                    $group!(5, 21),
+                    $group!(6, 22),
+                    $group!(7, 23),
+                    $tail,
+                    "vcvtph2ps zmm24, ymmword ptr [{w}]",
+                    finish8!(0, 8),
+                    finish8!(1, 9),
+                    finish8!(2, 10),
+                    finish8!(3, 11),
+                    finish8!(4, 12),
+                    finish8!(5, 13),
+                    finish8!(6, 14),
+                    finish8!(7, 15),
+                    "add {w}, {wstep}",
+                    "add {x}, {oct}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "vmovups zmmword ptr [{out}], zmm0",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm1",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm2",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm3",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm4",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm5",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm6",
+                    "add {out}, {stride}",
+                    "vmovups zmmword ptr [{out}], zmm7",
+                    w = inout(reg) w.as_ptr() => _,
+                    x = inout(reg) oct.as_ptr() => _,
+                    n = inout(reg) kb => _,
+                    out = inout(reg) out => _,
+                    stride = in(reg) stride * 4,
+                    pf = const PF_BYTES,
+                    pf2 = const L2_PF_BYTES,
+                    wstep = const TILE_BLOCK_BYTES,
+                    oct = const OCT_BLOCK_BYTES,
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                    out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                    out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                    out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                    out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                    out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+                    out("zmm24") _, out("zmm25") _,
+                    options(nostack),
+                );
+            }
+        };
     }
 
-    /// One tile against `rows` (1..=8) activation rows from `r0`; `lanes[r][j]` is
-    /// `dot(x[r0 + r], w[j])`. Full groups of 8 rows take [`tile8`] when the activations
+    tile8_fn!(
+        /// [`tile`] for exactly 8 rows, from their interleaved copy `oct` (`kb` blocks of
+        /// [`OCT_BLOCK_BYTES`]): the same operations in the same order per row, so the same
+        /// bits, but scheduled by hand, each group's 8 `vpdpbusd` going to 8 different rows.
+        /// On Zen 4, `vpdpbusd`, `vmulps` and `vfmadd` share one 512-bit op a cycle, while
+        /// `vcvtdq2ps` and broadcast loads run beside them (measured with loops of the bare
+        /// instructions), so a block costs at least 64 + 8 + 8 = 80 cycles. This loop takes
+        /// 80-83 cycles a block with its data in cache, and 110-135 when the weights stream
+        /// from memory (a 2-core Zen 4 VM). In cache the compiled [`rows_n`] ran the same,
+        /// but in the model's 8-way decode step (where the weights stream) this pass raised
+        /// Q8_0 throughput from 236-263 to 255-283 tokens/s (alternating binaries).
+        ///
+        /// Row `r`'s 16 sums go to `out + r * stride`, straight from the registers: through a
+        /// 16-value buffer on the stack, the copy's 16-byte reads of each 64-byte store cost
+        /// an 8-way step 47.7 / 59.1 / 49.7 ms against 41.8 / 49.3 / 46.3 written in place
+        /// (Emerald Rapids VM, alternating step by step in one process).
+        ///
+        /// # Safety
+        /// AVX-512 F/BW, VNNI and F16C present; `kb >= 1`; `w` is a whole tile of `kb` blocks,
+        /// `oct` holds `kb` blocks, and `out + r * stride` has 16 writable floats for each
+        /// row `r` of the 8.
+        tile8,
+        group8,
+        "/* {pf2} */"
+    );
+
+    tile8_fn!(
+        /// [`tile8`] with a second prefetch of the weight stream, further ahead and into
+        /// L2 (see [`super::second_prefetch`]); the same bits.
+        ///
+        /// # Safety
+        /// As for [`tile8`].
+        tile8_l2,
+        group8_l2,
+        "prefetcht2 byte ptr [{w} + {pf2} + 512]"
+    );
+
+    /// One tile against `rows` (1..=8) activation rows from `r0`: `out[r * stride + j]`
+    /// becomes `dot(x[r0 + r], w[j])`. Full groups of 8 rows take [`tile8`] when the activations
     /// have their interleaved copy (always, where this kernel runs); the compiled 8-row
     /// arm here is its reference in the tests.
     ///
     /// # Safety
     /// AVX-512 F/BW, VNNI and F16C present; `w` is a whole tile of `k / 32` blocks; `acts`
-    /// holds rows `r0..r0 + rows`.
+    /// holds rows `r0..r0 + rows`; `out + r * stride` has 16 writable floats for each of
+    /// the rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) unsafe fn tile(w: &[u8], acts: &Acts, k: usize, r0: usize, rows: usize, lanes: &mut [[f32; TILE]; 8]) {
+    pub(super) unsafe fn tile(w: &[u8], acts: &Acts, k: usize, r0: usize, rows: usize, out: *mut f32, stride: usize) {
         match rows {
-            1 => rows_n::<1>(w, acts, k, r0, lanes),
-            2 => rows_n::<2>(w, acts, k, r0, lanes),
-            3 => rows_n::<3>(w, acts, k, r0, lanes),
-            4 => rows_n::<4>(w, acts, k, r0, lanes),
-            5 => rows_n::<5>(w, acts, k, r0, lanes),
-            6 => rows_n::<6>(w, acts, k, r0, lanes),
-            7 => rows_n::<7>(w, acts, k, r0, lanes),
-            _ => rows_n::<8>(w, acts, k, r0, lanes),
+            1 => rows_n::<1>(w, acts, k, r0, out, stride),
+            2 => rows_n::<2>(w, acts, k, r0, out, stride),
+            3 => rows_n::<3>(w, acts, k, r0, out, stride),
+            4 => rows_n::<4>(w, acts, k, r0, out, stride),
+            5 => rows_n::<5>(w, acts, k, r0, out, stride),
+            6 => rows_n::<6>(w, acts, k, r0, out, stride),
+            7 => rows_n::<7>(w, acts, k, r0, out, stride),
+            _ => rows_n::<8>(w, acts, k, r0, out, stride),
         }
     }
 
@@ -569,16 +652,16 @@ mod avx512 {
     /// measured the same, pairs of blocks 21.3 -> 23.4 ms a step, and 8 rows as two passes
     /// of 4 -> 24.9 ms.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn rows_n<const R: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
+    unsafe fn rows_n<const R: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, out: *mut f32, stride: usize) {
         if R <= 2 {
-            walk::<R, 2>(w, acts, k, r0, lanes)
+            walk::<R, 2>(w, acts, k, r0, out, stride)
         } else {
-            walk::<R, 1>(w, acts, k, r0, lanes)
+            walk::<R, 1>(w, acts, k, r0, out, stride)
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn walk<const R: usize, const S: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, lanes: &mut [[f32; TILE]; 8]) {
+    unsafe fn walk<const R: usize, const S: usize>(w: &[u8], acts: &Acts, k: usize, r0: usize, out: *mut f32, stride: usize) {
         let kb = k / QK;
         let mut acc = [_mm512_setzero_ps(); R];
         let mut b = 0;
@@ -593,7 +676,7 @@ mod avx512 {
             b += 1;
         }
         for r in 0..R {
-            _mm512_storeu_ps(lanes[r].as_mut_ptr(), acc[r]);
+            _mm512_storeu_ps(out.add(r * stride), acc[r]);
         }
     }
 
@@ -771,6 +854,22 @@ mod tests {
             };
             let compiled = Acts { q: acts.q.clone(), d: acts.d.clone(), start: acts.start.clone(), oct: Vec::new() };
             assert_eq!(run(&acts), run(&compiled), "m={m} n={n} k={k}: assembly and compiled 8-row passes");
+            // Both prefetch variants of the pass, whichever this CPU's `task` takes, on the
+            // first tile and group, written with the output's row stride.
+            let kb = k / QK;
+            let (tw, oct) = (&p.data[..kb * TILE_BLOCK_BYTES], &acts.oct[..kb * OCT_BLOCK_BYTES]);
+            let whole = run(&acts);
+            for pass in [avx512::tile8, avx512::tile8_l2] {
+                let mut y = vec![f32::NAN; 8 * n];
+                // SAFETY: `available()`; `tw` is the first whole tile, `oct` the first
+                // group's `kb` blocks, and rows of `n >= 16` floats hold each row's 16.
+                unsafe { pass(tw, oct, kb, y.as_mut_ptr(), n) };
+                for r in 0..8 {
+                    let got: Vec<u32> = y[r * n..r * n + TILE].iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, whole[r * n..r * n + TILE], "m={m} n={n} k={k} row {r}");
+                    assert!(y[r * n + TILE..(r + 1) * n].iter().all(|v| v.is_nan()), "wrote past its 16 columns");
+                }
+            }
             let y = p.matmul(&x, m);
             for r in 0..m {
                 let alone = p.matmul(&x[r * k..(r + 1) * k], 1);
