@@ -10,6 +10,7 @@ pub mod attn;
 pub mod batch;
 mod blocks;
 pub mod config;
+mod cpu;
 mod decode_attn;
 pub mod device;
 pub mod error;

@@ -344,21 +344,7 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
 /// (the two passes alternating step by step in one process, medians of 20). Zen cores,
 /// where it has not been measured, keep the one prefetch the pass was tuned with.
 fn second_prefetch() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static INTEL: OnceLock<bool> = OnceLock::new();
-        *INTEL.get_or_init(|| {
-            // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 0 is the vendor string.
-            #[allow(unused_unsafe)]
-            let id = unsafe { std::arch::x86_64::__cpuid(0) };
-            (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::is_intel()
 }
 
 /// One task: its tiles (`w`) against every activation row, in passes of up to 8 rows,
