@@ -336,17 +336,6 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     (d, -128 * sum)
 }
 
-/// Whether the 8-row pass prefetches the weight stream a second time, further ahead and
-/// into L2 ([`avx512::tile8_l2`]): on Intel cores, checked once. On a 2-core Emerald
-/// Rapids VM the second prefetch took the 8-row loop streaming from memory from 130-138
-/// to 115-119 cycles a block (one core; a loop that only reads the stream: 107-119), and
-/// the 0.6B model's 8-way Q8_0 step from 50.1 / 52.7 / 46.4 to 46.0 / 48.7 / 44.5 ms
-/// (the two passes alternating step by step in one process, medians of 20). Zen cores,
-/// where it has not been measured, keep the one prefetch the pass was tuned with.
-fn second_prefetch() -> bool {
-    crate::cpu::is_intel()
-}
-
 /// One task: its tiles (`w`) against every activation row, in passes of up to 8 rows,
 /// into columns `col0..` of the `[m, n]` output.
 ///
@@ -357,7 +346,8 @@ unsafe fn task(w: &[u8], acts: &Acts, k: usize, m: usize, n: usize, col0: usize,
     let tile_bytes = k / QK * TILE_BLOCK_BYTES;
     let tiles = w.len() / tile_bytes;
     let kb = k / QK;
-    let l2 = second_prefetch();
+    // Intel cores take the 8-row pass with the second prefetch ([`avx512::tile8_l2`]).
+    let l2 = crate::cpu::is_intel();
     for t in 0..tiles {
         let tw = &w[t * tile_bytes..(t + 1) * tile_bytes];
         let mut r0 = 0;
@@ -596,7 +586,12 @@ mod avx512 {
 
     tile8_fn!(
         /// [`tile8`] with a second prefetch of the weight stream, further ahead and into
-        /// L2 (see [`super::second_prefetch`]); the same bits.
+        /// L2; the same bits. Taken on Intel cores: on a 2-core Emerald Rapids VM it took
+        /// the 8-row loop streaming from memory from 130-138 to 115-119 cycles a block
+        /// (one core; a loop that only reads the stream: 107-119), and the 0.6B model's
+        /// 8-way Q8_0 step from 50.1 / 52.7 / 46.4 to 46.0 / 48.7 / 44.5 ms (the two
+        /// passes alternating step by step in one process, medians of 20). Zen cores,
+        /// where it has not been measured, keep [`tile8`], which the pass was tuned as.
         ///
         /// # Safety
         /// As for [`tile8`].
