@@ -695,13 +695,13 @@ fn quantized_models_run_through_the_same_engine() {
         let q = dense.quantize(dtype).unwrap();
         assert!(q.is_quantized() && !dense.is_quantized());
         assert!(q.decode_weight_bytes() * 3 < dense.decode_weight_bytes(), "{dtype:?} must read fewer bytes");
-        // Where the CPU has AVX-512 VNNI, Q8_0 runs our kernel (fc_model::q8gemv): this
-        // test then checks its batch invariance and log-probs too.
+        // Where the CPU has AVX-512 VNNI or AVX2, Q8_0 runs our kernel (fc_model::q8gemv):
+        // this test then checks its batch invariance and log-probs too.
         if dtype == fc_model::GgufDType::Q8_0 && fc_model::q8gemv::available() {
             let ours = q.layers.iter().flat_map(|l| l.proj.iter()).all(|p| {
                 matches!(&p.weight, fc_model::Weight::Quantized(fc_model::quantized::QWeight::Q8(_)))
             });
-            assert!(ours, "Q8_0 projections should be repacked for the VNNI kernel");
+            assert!(ours, "Q8_0 projections should be repacked for our kernel");
         }
         let engine = Engine::start(q.clone(), tok.clone(), EngineConfig::default()).unwrap();
         let together = engine.generate_batch(&prompts, &no_eos(10)).unwrap();

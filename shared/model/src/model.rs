@@ -118,8 +118,8 @@ impl Proj {
 pub enum Weight {
     /// A dense tensor in the model's dtype: trainable, mergeable, saved as is.
     Dense(Tensor),
-    /// A GGUF block-quantized matrix (Q8_0, Q4_K, ...): Q8_0 on AVX-512 VNNI CPUs runs
-    /// our kernel ([`crate::q8gemv`]), everything else candle's quantized matmul. Both
+    /// A GGUF block-quantized matrix (Q8_0, Q4_K, ...): Q8_0 on AVX-512 VNNI or AVX2 CPUs
+    /// runs our kernels ([`crate::q8gemv`]), everything else candle's quantized matmul. Both
     /// quantize the activations per block as llama.cpp does. Inference only: training,
     /// merging and quantizing again refuse it with an error.
     Quantized(QWeight),

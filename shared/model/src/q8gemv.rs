@@ -1,5 +1,7 @@
-//! Q8_0 matmul on AVX-512 VNNI CPUs: `y = x W^T` with `W` in GGUF Q8_0 blocks (32 int8
-//! values and an f16 scale per block), for decode batches and prompt chunks alike.
+//! Q8_0 matmul on x86 CPUs: `y = x W^T` with `W` in GGUF Q8_0 blocks (32 int8 values and
+//! an f16 scale per block), for decode batches and prompt chunks alike. Two kernels: one
+//! for AVX-512 VNNI (described here), one for AVX2 CPUs without it ([`avx2`]: Zen 2/3,
+//! Intel client cores, many cloud VMs); [`Kernel`] says which this CPU runs.
 //!
 //! Why our own kernel rather than candle's quantized matmul: candle's x86 path runs on
 //! its own spinning thread pool beside the rayon pool the rest of the forward uses (on two
@@ -28,86 +30,161 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Values per Q8_0 block.
 const QK: usize = 32;
-/// Weight rows per tile (the 16 lanes of a 512-bit register).
+/// Weight rows per tile of the VNNI kernel (the 16 lanes of a 512-bit register).
 const TILE: usize = 16;
-/// Bytes of one tile block: 16 f16 scales, then 16 x 32 quants.
+/// Bytes of one VNNI tile block: 16 f16 scales, then 16 x 32 quants.
 const TILE_BLOCK_BYTES: usize = TILE * 2 + TILE * QK;
-/// Tiles per rayon task (64 weight rows).
-const TILES_PER_TASK: usize = 4;
+/// Weight rows per rayon task (4 VNNI tiles, 8 AVX2 ones).
+const ROWS_PER_TASK: usize = 64;
 /// Bytes of Q8_0 GGUF storage per block (f16 scale + 32 quants).
 const GGUF_BLOCK_BYTES: usize = 2 + QK;
 
-/// Whether this CPU runs the kernel (AVX-512 F/BW with VNNI), checked once.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
+/// The two kernels, each with its own tile layout (chosen when a weight is packed).
+///
+/// Both compute each block's integer dot product exactly, then add `sum * (d_w * d_x)`
+/// into an f32 accumulator block by block, in the same order: so they give the same bits,
+/// and a row's result never depends on the other rows of the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 F/BW, VNNI and F16C: tiles of 16 rows, each 4-value group's 64 bytes one
+    /// `vpdpbusd` operand (weights offset by +128 to u8).
+    Vnni,
+    /// AVX2, FMA and F16C: tiles of 8 rows, each 4-value group's 32 bytes one
+    /// `vpmaddubsw` operand after the sign trick (weights as stored, signed).
+    Avx2,
+}
+
+impl Kernel {
+    /// The kernel this CPU runs, checked once: VNNI where present, else AVX2.
+    /// `FC_Q8_KERNEL=avx2` takes the AVX2 kernel on a VNNI CPU too (for comparisons).
+    pub fn detect() -> Option<Kernel> {
         use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("f16c")
+        static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let forced_avx2 = std::env::var("FC_Q8_KERNEL").is_ok_and(|v| v == "avx2");
+            Kernel::supported().iter().copied().find(|&k| !(forced_avx2 && k == Kernel::Vnni))
         })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every kernel this CPU can run, fastest first (checked once).
+    pub fn supported() -> &'static [Kernel] {
+        use std::sync::OnceLock;
+        static ALL: OnceLock<Vec<Kernel>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut all = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                let has = |f: bool| f && is_x86_feature_detected!("f16c");
+                if has(is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni"))
+                {
+                    all.push(Kernel::Vnni);
+                }
+                if has(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                    all.push(Kernel::Avx2);
+                }
+            }
+            all
+        })
+    }
+
+    /// Weight rows per tile.
+    fn tile(self) -> usize {
+        match self {
+            Kernel::Vnni => TILE,
+            Kernel::Avx2 => 8,
+        }
+    }
+
+    /// What is added to each stored weight (`vpdpbusd` takes its weights unsigned).
+    fn offset(self) -> i16 {
+        match self {
+            Kernel::Vnni => 128,
+            Kernel::Avx2 => 0,
+        }
+    }
+
+    /// Bytes of one tile block: the tile's f16 scales, then its quants.
+    fn block_bytes(self) -> usize {
+        self.tile() * (2 + QK)
+    }
+
+    /// Where value `v` of row `row` sits among a tile block's quants: groups of 4 values,
+    /// all the tile's rows side by side within each group.
+    fn quant_index(self, row: usize, v: usize) -> usize {
+        ((v / 4) * self.tile() + row) * 4 + v % 4
     }
 }
 
-/// A `[n, k]` Q8_0 matrix in the kernel's tile layout.
+/// Whether this CPU runs one of the kernels (checked once).
+pub fn available() -> bool {
+    Kernel::detect().is_some()
+}
+
+/// A `[n, k]` Q8_0 matrix in a kernel's tile layout.
 pub struct PackedQ8 {
     n: usize,
     k: usize,
-    /// `n / 16` tiles, each `k / 32` blocks of [`TILE_BLOCK_BYTES`].
+    kernel: Kernel,
+    /// `n / tile` tiles, each `k / 32` blocks of `kernel.block_bytes()`.
     data: Vec<u8>,
 }
 
 impl std::fmt::Debug for PackedQ8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedQ8 {{ n: {}, k: {} }}", self.n, self.k)
+        write!(f, "PackedQ8 {{ n: {}, k: {}, kernel: {:?} }}", self.n, self.k, self.kernel)
     }
 }
 
 impl PackedQ8 {
-    /// Repacks a CPU Q8_0 tensor `[n, k]`; `None` when the kernel cannot take it (another
-    /// type, another device, `n` not a multiple of 16 or `k` of 32, or a CPU without VNNI).
+    /// Repacks a CPU Q8_0 tensor `[n, k]` for this CPU's kernel; `None` when it cannot
+    /// take it (another type, another device, `n` not a multiple of 16 or `k` of 32, or a
+    /// CPU with neither kernel).
     pub fn from_qtensor(q: &QTensor) -> Option<PackedQ8> {
-        if !available() || q.dtype() != GgmlDType::Q8_0 || !matches!(q.device(), Device::Cpu) {
+        let kernel = Kernel::detect()?;
+        if q.dtype() != GgmlDType::Q8_0 || !matches!(q.device(), Device::Cpu) {
             return None;
         }
         let (n, k) = q.shape().dims2().ok()?;
+        // 16 rows for either kernel, so a model packs the same way on both.
         if n == 0 || k == 0 || n % TILE != 0 || k % QK != 0 {
             return None;
         }
         let raw = q.data().ok()?;
-        Self::from_gguf_bytes(&raw, n, k)
+        Self::from_gguf_bytes(&raw, n, k, kernel)
     }
 
-    /// Repacks row-major GGUF Q8_0 blocks of an `[n, k]` matrix.
-    fn from_gguf_bytes(raw: &[u8], n: usize, k: usize) -> Option<PackedQ8> {
-        let kb = k / QK;
-        if raw.len() != n * kb * GGUF_BLOCK_BYTES {
+    /// Repacks row-major GGUF Q8_0 blocks of an `[n, k]` matrix for `kernel`.
+    fn from_gguf_bytes(raw: &[u8], n: usize, k: usize, kernel: Kernel) -> Option<PackedQ8> {
+        let (kb, tile, block) = (k / QK, kernel.tile(), kernel.block_bytes());
+        if raw.len() != n * kb * GGUF_BLOCK_BYTES || !n.is_multiple_of(tile) || !k.is_multiple_of(QK) {
             return None;
         }
-        let mut data = vec![0u8; n / TILE * kb * TILE_BLOCK_BYTES];
-        data.par_chunks_mut(kb * TILE_BLOCK_BYTES).enumerate().for_each(|(t, tile)| {
-            for (b, dst) in tile.chunks_exact_mut(TILE_BLOCK_BYTES).enumerate() {
-                let (scales, quants) = dst.split_at_mut(TILE * 2);
-                for row in 0..TILE {
-                    let src = &raw[((t * TILE + row) * kb + b) * GGUF_BLOCK_BYTES..][..GGUF_BLOCK_BYTES];
+        let mut data = vec![0u8; n / tile * kb * block];
+        data.par_chunks_mut(kb * block).enumerate().for_each(|(t, dst_tile)| {
+            for (b, dst) in dst_tile.chunks_exact_mut(block).enumerate() {
+                let (scales, quants) = dst.split_at_mut(tile * 2);
+                for row in 0..tile {
+                    let src = &raw[((t * tile + row) * kb + b) * GGUF_BLOCK_BYTES..][..GGUF_BLOCK_BYTES];
                     scales[row * 2..row * 2 + 2].copy_from_slice(&src[..2]);
                     for (v, &q) in src[2..].iter().enumerate() {
-                        let (g, e) = (v / 4, v % 4);
-                        quants[(g * TILE + row) * 4 + e] = (q as i8 as i16 + 128) as u8;
+                        quants[kernel.quant_index(row, v)] = (q as i8 as i16 + kernel.offset()) as u8;
                     }
                 }
             }
         });
-        Some(PackedQ8 { n, k, data })
+        Some(PackedQ8 { n, k, kernel, data })
+    }
+
+    /// The kernel this weight was packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Output features (rows of `W`).
@@ -151,13 +228,15 @@ impl PackedQ8 {
 
     /// Row `r` (`< n`) into `out` (`k` values).
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let kb = self.k / QK;
-        let (t, lane) = (r / TILE, r % TILE);
-        let tile = &self.data[t * kb * TILE_BLOCK_BYTES..(t + 1) * kb * TILE_BLOCK_BYTES];
-        for (blk, dst) in tile.chunks_exact(TILE_BLOCK_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let (kb, kernel) = (self.k / QK, self.kernel);
+        let (tile, block) = (kernel.tile(), kernel.block_bytes());
+        let (t, lane) = (r / tile, r % tile);
+        let tile_bytes = &self.data[t * kb * block..(t + 1) * kb * block];
+        for (blk, dst) in tile_bytes.chunks_exact(block).zip(out.chunks_exact_mut(QK)) {
             let d = f16::from_le_bytes([blk[lane * 2], blk[lane * 2 + 1]]).to_f32();
             for (v, o) in dst.iter_mut().enumerate() {
-                let q = blk[TILE * 2 + ((v / 4) * TILE + lane) * 4 + v % 4] as i16 - 128;
+                // Modulo 256, the offset comes off and the byte is the stored int8 again.
+                let q = blk[tile * 2 + kernel.quant_index(lane, v)].wrapping_sub(kernel.offset() as u8) as i8;
                 *o = d * q as f32;
             }
         }
@@ -181,14 +260,14 @@ impl PackedQ8 {
 /// seven times for an input already quantized). Every weight must take `k` inputs and `x`
 /// hold `m * k` values; the result is empty for a weight that does not.
 pub fn matmul_group(ws: &[&PackedQ8], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    let Some(k) = ws.first().map(|w| w.k) else {
+    let Some((k, kernel)) = ws.first().map(|w| (w.k, w.kernel)) else {
         return Vec::new();
     };
-    if m == 0 || x.len() != m * k || ws.iter().any(|w| w.k != k) {
+    if m == 0 || x.len() != m * k || ws.iter().any(|w| w.k != k || w.kernel != kernel) {
         return ws.iter().map(|_| Vec::new()).collect();
     }
     let acts = quantize_rows(x, m, k);
-    let task_bytes = TILES_PER_TASK * (k / QK * TILE_BLOCK_BYTES);
+    let task_bytes = ROWS_PER_TASK / kernel.tile() * (k / QK * kernel.block_bytes());
     // Not zeroed first: the tasks write every value. At an 8-row decode batch the zeroing
     // was ~2% of the step (the head's output alone is 4.9 MB).
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.n)).collect();
@@ -204,12 +283,12 @@ pub fn matmul_group(ws: &[&PackedQ8], x: &[f32], m: usize) -> Vec<Vec<f32>> {
         let tiles = &w.data[t * task_bytes..((t + 1) * task_bytes).min(w.data.len())];
         // SAFETY: task `t` of weight `i` writes only columns `t * 64..` (its own tiles) of
         // each row of `ys[i]`, whose buffer outlives the loop; no two tasks share a column
-        // of one output.
-        unsafe { task(tiles, &acts, k, m, w.n, t * TILES_PER_TASK * TILE, outs[i]) }
+        // of one output. The weight was packed for `kernel`, which this CPU runs.
+        unsafe { task(kernel, tiles, &acts, k, m, w.n, t * ROWS_PER_TASK, outs[i]) }
     });
     for (y, w) in ys.iter_mut().zip(ws) {
-        // SAFETY: the tasks cover all `n / 16` tiles of each weight, and each wrote rows
-        // `0..m` of its tiles' columns (`task`), so all `m * n` values are initialized.
+        // SAFETY: the tasks cover all tiles of each weight, and each wrote rows `0..m` of
+        // its tiles' columns (`task`), so all `m * n` values are initialized.
         unsafe { y.set_len(m * w.n) };
     }
     ys
@@ -223,13 +302,14 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Activations quantized per 32-value block: the int8 values, each block's scale and its
-/// `-128 * sum(q)` (the start of its integer sum, cancelling the weights' +128 offset).
+/// `-128 * sum(q)` (the start of its integer sum, cancelling the VNNI weights' +128
+/// offset).
 struct Acts {
     q: Vec<i8>,
     d: Vec<f32>,
     start: Vec<i32>,
-    /// Each whole group of 8 rows again, block-major for the 8-row pass
-    /// ([`interleave_octets`]); empty where that pass does not run.
+    /// Each whole group of 8 rows again, block-major for the 8-row passes
+    /// ([`interleave_octets`]); empty where they do not run.
     oct: Vec<u8>,
 }
 
@@ -251,7 +331,8 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> Acts {
             .zip(x.par_chunks(per_task * QK))
             .for_each(|(((q, d), s), x)| quantize_span(q, d, s, x));
     }
-    if m >= 8 && available() {
+    // Both kernels' 8-row passes read the same interleaved copy.
+    if m >= 8 {
         a.oct = interleave_octets(&a, m, k);
     }
     a
@@ -286,17 +367,26 @@ fn interleave_octets(a: &Acts, m: usize, k: usize) -> Vec<u8> {
 /// Quantizes consecutive blocks of `x` into `q`, their scales `d` and sums' starts `s`.
 fn quantize_span(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: `available()` checked AVX-512 F/BW.
-        unsafe { avx512::quantize_span(q, d, s, x) };
-        return;
+    {
+        let all = Kernel::supported();
+        if all.contains(&Kernel::Vnni) {
+            // SAFETY: the VNNI kernel's features include AVX-512 F/BW.
+            unsafe { avx512::quantize_span(q, d, s, x) };
+            return;
+        }
+        if all.contains(&Kernel::Avx2) {
+            // SAFETY: the AVX2 kernel's features include AVX2.
+            unsafe { avx2::quantize_span(q, d, s, x) };
+            return;
+        }
     }
     quantize_span_scalar(q, d, s, x)
 }
 
-/// [`quantize_span`] one block at a time with [`quantize_block`]. The vector version gives
+/// [`quantize_span`] one block at a time with [`quantize_block`]. The vector versions give
 /// the same bits (a test holds them together); at 8 activation rows it took a quarter of a
 /// small projection's time here, since without target features this loop compiles to SSE2.
+#[inline(always)]
 fn quantize_span_scalar(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
     for (((q, d), s), x) in q.chunks_exact_mut(QK).zip(d).zip(s).zip(x.chunks_exact(QK)) {
         if let (Ok(x), Ok(q)) = (x.try_into(), q.try_into()) {
@@ -311,6 +401,7 @@ fn quantize_span_scalar(q: &mut [i8], d: &mut [f32], s: &mut [i32], x: &[f32]) {
 /// nearest integer (ties to even) of any |v| <= 127.
 // Not `clamp`: it keeps a NaN, and the unchecked cast needs every value finite.
 #[allow(clippy::manual_clamp)]
+#[inline(always)]
 fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     const MAGIC: f32 = 12_582_912.0;
     let mut amax = 0f32;
@@ -336,40 +427,40 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     (d, -128 * sum)
 }
 
-/// One task: its tiles (`w`) against every activation row, in passes of up to 8 rows,
-/// into columns `col0..` of the `[m, n]` output.
+/// One task: its tiles (`w`, packed for `kernel`) against every activation row, in
+/// passes of up to 8 rows, into columns `col0..` of the `[m, n]` output.
 ///
 /// # Safety
-/// `out` points at `m * n` floats; the task's tiles cover columns `col0..col0 + 16 * tiles`
-/// (within `n`), which no other task writes.
-unsafe fn task(w: &[u8], acts: &Acts, k: usize, m: usize, n: usize, col0: usize, out: OutPtr) {
-    let tile_bytes = k / QK * TILE_BLOCK_BYTES;
-    let tiles = w.len() / tile_bytes;
+/// This CPU runs `kernel` ([`Kernel::supported`]); `acts` was quantized for it with `m`
+/// rows of `k` values; `out` points at `m * n` floats; the task's tiles cover columns
+/// `col0..col0 + tile * tiles` (within `n`), which no other task writes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn task(kernel: Kernel, w: &[u8], acts: &Acts, k: usize, m: usize, n: usize, col0: usize, out: OutPtr) {
     let kb = k / QK;
-    // Intel cores take the 8-row pass with the second prefetch ([`avx512::tile8_l2`]).
+    let tile_bytes = kb * kernel.block_bytes();
+    let tiles = w.len() / tile_bytes;
+    // Intel cores take the VNNI 8-row pass with the second prefetch ([`avx512::tile8_l2`]).
     let l2 = crate::cpu::is_intel();
     for t in 0..tiles {
         let tw = &w[t * tile_bytes..(t + 1) * tile_bytes];
         let mut r0 = 0;
         while r0 < m {
             let rows = (m - r0).min(8);
-            let dst = out.0.add(r0 * n + col0 + t * TILE);
+            let dst = out.0.add(r0 * n + col0 + t * kernel.tile());
+            // The 8-row passes read group `r0 / 8` of `oct`: whole, since `r0` is a
+            // multiple of 8 (every earlier pass took 8 rows).
+            let oct = (rows == 8 && !acts.oct.is_empty()).then(|| &acts.oct[r0 / 8 * kb * OCT_BLOCK_BYTES..][..kb * OCT_BLOCK_BYTES]);
+            // SAFETY (all): the CPU has the kernel's features (AVX-512 F/BW, VNNI and F16C;
+            // or AVX2, FMA and F16C); `tw` is one whole tile of `k / 32` blocks, the
+            // activations hold rows `r0..r0 + rows` of `k` values and `k / 32` blocks,
+            // and `dst` starts this tile's columns of row `r0` in the `[m, n]` output.
             #[cfg(target_arch = "x86_64")]
-            if rows == 8 && !acts.oct.is_empty() {
-                // SAFETY: as below; `r0` is a multiple of 8 (every earlier pass took 8
-                // rows), so group `r0 / 8` is a whole group of `oct`.
-                let oct = &acts.oct[r0 / 8 * kb * OCT_BLOCK_BYTES..][..kb * OCT_BLOCK_BYTES];
-                if l2 {
-                    avx512::tile8_l2(tw, oct, kb, dst, n);
-                } else {
-                    avx512::tile8(tw, oct, kb, dst, n);
-                }
-            } else {
-                // SAFETY: `available()` held when the weight was packed (AVX-512 F/BW,
-                // VNNI, F16C); `tw` is one whole tile of `k / 32` blocks, the activations
-                // hold rows `r0..r0 + rows` of `k` values and `k / 32` blocks, and `dst`
-                // starts this tile's 16 columns of row `r0` in the `[m, n]` output.
-                avx512::tile(tw, acts, k, r0, rows, dst, n);
+            match (kernel, oct) {
+                (Kernel::Vnni, Some(oct)) if l2 => avx512::tile8_l2(tw, oct, kb, dst, n),
+                (Kernel::Vnni, Some(oct)) => avx512::tile8(tw, oct, kb, dst, n),
+                (Kernel::Vnni, None) => avx512::tile(tw, acts, k, r0, rows, dst, n),
+                (Kernel::Avx2, Some(oct)) => avx2::tile8(tw, oct, kb, dst, n),
+                (Kernel::Avx2, None) => avx2::tile(tw, acts, k, r0, rows, dst, n),
             }
             r0 += rows;
         }
@@ -731,68 +822,99 @@ mod tests {
         raw
     }
 
-    /// Packing keeps every weight (the dequantized tiles equal the GGUF blocks' values),
-    /// and where the CPU runs the kernel, it matches f64 sums of the same quantized
-    /// weights and activations. (Without VNNI the kernel is never used: weights stay on
-    /// candle's matmul, which `from_qtensor` refusing them ensures.)
+    /// Packing keeps every weight (the dequantized tiles equal the GGUF blocks' values) for
+    /// both layouts, and each kernel this CPU runs matches f64 sums of the same quantized
+    /// weights and activations. (On a CPU with neither, weights stay on candle's matmul,
+    /// which `from_qtensor` refusing them ensures.)
     #[test]
     fn packs_losslessly_and_matches_the_quantized_dot_products() {
-        for (m, n, k) in [(1, 16, 32), (2, 48, 64), (3, 80, 96), (8, 64, 1024), (9, 32, 3072), (17, 16, 160)] {
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-            let raw = q8_bytes(&w, n, k);
-            let p = PackedQ8::from_gguf_bytes(&raw, n, k).expect("packs");
-            assert_eq!(p.storage_bytes(), raw.len());
-            let wd = p.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for (i, &got) in wd.iter().enumerate() {
-                let blk = &raw[(i / QK) * GGUF_BLOCK_BYTES..][..GGUF_BLOCK_BYTES];
-                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                assert_eq!(got, d * (blk[2 + i % QK] as i8) as f32, "weight {i}");
-            }
-            assert_eq!(available(), PackedQ8::from_qtensor(&QTensor::quantize(&Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()).is_some());
-            if !available() {
-                continue;
-            }
-            let acts = quantize_rows(&x, m, k);
-            let y = p.matmul(&x, m);
-            for r in 0..m {
-                for j in 0..n {
-                    let mut want = 0f64;
-                    for b in 0..k / QK {
-                        let mut s = 0f64;
-                        for v in 0..QK {
-                            s += wd[j * k + b * QK + v] as f64 * acts.q[r * k + b * QK + v] as f64;
-                        }
-                        want += s * acts.d[r * k / QK + b] as f64;
-                    }
-                    let got = y[r * n + j] as f64;
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "m={m} n={n} k={k} r={r} j={j}: {got} vs {want}");
-                    // Close to the float product too: each factor is off by at most half a
-                    // step (1/254 of its block's max), so each product by < 1%.
-                    let exact: f64 = (0..k).map(|t| x[r * k + t] as f64 * w[j * k + t] as f64).sum();
-                    let mass: f64 = (0..k).map(|t| (x[r * k + t] as f64 * w[j * k + t] as f64).abs()).sum();
-                    assert!((got - exact).abs() <= 0.01 * mass + 1e-3, "{got} vs float {exact}");
+        let shapes = [(1, 16, 32), (2, 48, 64), (3, 80, 96), (5, 16, 64), (7, 32, 128), (8, 64, 1024), (9, 32, 3072), (17, 16, 160)];
+        for kernel in [Kernel::Vnni, Kernel::Avx2] {
+            for (m, n, k) in shapes {
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+                let mut raw = q8_bytes(&w, n, k);
+                // GGUF allows -128, which llama.cpp's quantizer never writes.
+                raw[2] = 0x80;
+                let p = PackedQ8::from_gguf_bytes(&raw, n, k, kernel).expect("packs");
+                assert_eq!(p.storage_bytes(), raw.len());
+                let wd = p.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (i, &got) in wd.iter().enumerate() {
+                    let blk = &raw[(i / QK) * GGUF_BLOCK_BYTES..][..GGUF_BLOCK_BYTES];
+                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    assert_eq!(got, d * (blk[2 + i % QK] as i8) as f32, "{kernel:?}: weight {i}");
                 }
+                if !Kernel::supported().contains(&kernel) {
+                    continue;
+                }
+                let acts = quantize_rows(&x, m, k);
+                let y = p.matmul(&x, m);
+                for r in 0..m {
+                    for j in 0..n {
+                        let mut want = 0f64;
+                        for b in 0..k / QK {
+                            let mut s = 0f64;
+                            for v in 0..QK {
+                                s += wd[j * k + b * QK + v] as f64 * acts.q[r * k + b * QK + v] as f64;
+                            }
+                            want += s * acts.d[r * k / QK + b] as f64;
+                        }
+                        let got = y[r * n + j] as f64;
+                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{kernel:?} m={m} n={n} k={k} r={r} j={j}: {got} vs {want}");
+                        if (j, r) == (0, 0) {
+                            // The -128 weight: no float reference below.
+                            continue;
+                        }
+                        // Close to the float product too: each factor is off by at most half a
+                        // step (1/254 of its block's max), so each product by < 1%.
+                        let exact: f64 = (0..k).map(|t| x[r * k + t] as f64 * w[j * k + t] as f64).sum();
+                        let mass: f64 = (0..k).map(|t| (x[r * k + t] as f64 * w[j * k + t] as f64).abs()).sum();
+                        assert!((got - exact).abs() <= 0.01 * mass + 1e-3, "{got} vs float {exact}");
+                    }
+                }
+                // A row's result does not depend on the rest of the batch.
+                let last = p.matmul(&x[(m - 1) * k..], 1);
+                assert_eq!(&y[(m - 1) * n..], &last[..], "{kernel:?} m={m}");
             }
-            // A row's result does not depend on the rest of the batch.
-            let last = p.matmul(&x[(m - 1) * k..], 1);
-            assert_eq!(&y[(m - 1) * n..], &last[..], "m={m}");
+        }
+        let w = Tensor::from_vec(vec![0.25f32; 16 * 32], (16, 32), &Device::Cpu).unwrap();
+        let packed = PackedQ8::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        assert_eq!(packed.map(|p| p.kernel()), Kernel::detect());
+    }
+
+    /// Both kernels give the same bits for every row count (where this CPU runs both).
+    #[test]
+    fn the_two_kernels_give_the_same_bits() {
+        if Kernel::supported().len() < 2 {
+            return;
+        }
+        let (n, k) = (48, 320);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 59 % 83) as f32 - 41.0) / 13.0).collect();
+        let raw = q8_bytes(&w, n, k);
+        let [vnni, avx2] = [Kernel::Vnni, Kernel::Avx2].map(|kernel| PackedQ8::from_gguf_bytes(&raw, n, k, kernel).expect("packs"));
+        for m in 1..=19 {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / (3.0 + (i % 5) as f32)).collect();
+            let bits = |p: &PackedQ8| p.matmul(&x, m).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&vnni), bits(&avx2), "m={m}");
         }
     }
 
     /// A group gives each weight's own matmul bits; mismatched widths give empty results.
     #[test]
     fn a_group_equals_its_weights_one_by_one() {
-        if !available() {
-            return;
+        for &kernel in Kernel::supported() {
+            a_group_equals_its_weights_one_by_one_on(kernel);
         }
+    }
+
+    fn a_group_equals_its_weights_one_by_one_on(kernel: Kernel) {
         let k = 256;
         let weights: Vec<PackedQ8> = [48usize, 16, 80]
             .iter()
             .enumerate()
             .map(|(s, &n)| {
                 let w: Vec<f32> = (0..n * k).map(|i| ((i * (53 + s) % 97) as f32 - 48.0) / 48.0).collect();
-                PackedQ8::from_gguf_bytes(&q8_bytes(&w, n, k), n, k).expect("packs")
+                PackedQ8::from_gguf_bytes(&q8_bytes(&w, n, k), n, k, kernel).expect("packs")
             })
             .collect();
         let refs: Vec<&PackedQ8> = weights.iter().collect();
@@ -804,23 +926,32 @@ mod tests {
                 assert_eq!(y, &w.matmul(&x, m), "m={m} n={}", w.rows());
             }
         }
-        let narrow = PackedQ8::from_gguf_bytes(&q8_bytes(&vec![0.5; 16 * 32], 16, 32), 16, 32).expect("packs");
+        let narrow = PackedQ8::from_gguf_bytes(&q8_bytes(&vec![0.5; 16 * 32], 16, 32), 16, 32, kernel).expect("packs");
         let x = vec![1.0; 2 * k];
         assert!(matmul_group(&[&weights[0], &narrow], &x, 2).iter().all(|y| y.is_empty()), "widths differ");
         assert!(matmul_group(&refs, &x[..k + 1], 2).iter().all(|y| y.is_empty()), "short input");
     }
 
-    /// The hand-scheduled 8-row pass gives the compiled 8-row pass's bits, and every row
-    /// the bits of that row alone (the compiled 1-row pass), for one and several groups
-    /// of 8, a remainder of rows after them, and a single block per row.
+    /// Each kernel's hand-scheduled 8-row pass gives its compiled 8-row pass's bits, and
+    /// every row the bits of that row alone (the compiled 1-row pass), for one and several
+    /// groups of 8, a remainder of rows after them, and a single block per row.
     #[test]
     fn the_eight_row_pass_gives_each_row_its_own_bits() {
-        if !available() {
-            return;
+        for &kernel in Kernel::supported() {
+            the_eight_row_pass_gives_each_row_its_own_bits_on(kernel);
         }
+    }
+
+    fn the_eight_row_pass_gives_each_row_its_own_bits_on(kernel: Kernel) {
+        type Pass = unsafe fn(&[u8], &[u8], usize, *mut f32, usize);
+        let passes: &[Pass] = match kernel {
+            Kernel::Vnni => &[avx512::tile8, avx512::tile8_l2],
+            Kernel::Avx2 => &[avx2::tile8],
+        };
+        let tile = kernel.tile();
         for (m, n, k) in [(8, 32, 32), (8, 48, 1024), (16, 16, 96), (19, 64, 256)] {
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 61 % 89) as f32 - 44.0) / 30.0).collect();
-            let p = PackedQ8::from_gguf_bytes(&q8_bytes(&w, n, k), n, k).expect("packs");
+            let p = PackedQ8::from_gguf_bytes(&q8_bytes(&w, n, k), n, k, kernel).expect("packs");
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / (3.0 + (i % 7) as f32)).collect();
             let acts = quantize_rows(&x, m, k);
             assert_eq!(acts.oct.len(), m / 8 * k / QK * OCT_BLOCK_BYTES, "m={m}");
@@ -828,34 +959,35 @@ mod tests {
             // the same bits.
             let run = |acts: &Acts| {
                 let mut y = vec![0f32; m * n];
-                // SAFETY: `p.data` is all of the weight's tiles (columns 0..n), and `y`
-                // holds `m * n` values.
-                unsafe { task(&p.data, acts, k, m, n, 0, OutPtr(y.as_mut_ptr())) };
+                // SAFETY: the CPU runs `kernel`; `p.data` is all of the weight's tiles
+                // (columns 0..n), and `y` holds `m * n` values.
+                unsafe { task(kernel, &p.data, acts, k, m, n, 0, OutPtr(y.as_mut_ptr())) };
                 y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             let compiled = Acts { q: acts.q.clone(), d: acts.d.clone(), start: acts.start.clone(), oct: Vec::new() };
-            assert_eq!(run(&acts), run(&compiled), "m={m} n={n} k={k}: assembly and compiled 8-row passes");
-            // Both prefetch variants of the pass, whichever this CPU's `task` takes, on the
-            // first tile and group, written with the output's row stride.
+            assert_eq!(run(&acts), run(&compiled), "{kernel:?} m={m} n={n} k={k}: assembly and compiled 8-row passes");
+            // Every variant of the pass, whichever this CPU's `task` takes, on the first
+            // tile and group, written with the output's row stride.
             let kb = k / QK;
-            let (tw, oct) = (&p.data[..kb * TILE_BLOCK_BYTES], &acts.oct[..kb * OCT_BLOCK_BYTES]);
+            let (tw, oct) = (&p.data[..kb * kernel.block_bytes()], &acts.oct[..kb * OCT_BLOCK_BYTES]);
             let whole = run(&acts);
-            for pass in [avx512::tile8, avx512::tile8_l2] {
+            for pass in passes {
                 let mut y = vec![f32::NAN; 8 * n];
-                // SAFETY: `available()`; `tw` is the first whole tile, `oct` the first
-                // group's `kb` blocks, and rows of `n >= 16` floats hold each row's 16.
+                // SAFETY: the CPU runs `kernel`; `tw` is the first whole tile, `oct` the
+                // first group's `kb` blocks, and rows of `n >= 16` floats hold each row's
+                // `tile`.
                 unsafe { pass(tw, oct, kb, y.as_mut_ptr(), n) };
                 for r in 0..8 {
-                    let got: Vec<u32> = y[r * n..r * n + TILE].iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(got, whole[r * n..r * n + TILE], "m={m} n={n} k={k} row {r}");
-                    assert!(y[r * n + TILE..(r + 1) * n].iter().all(|v| v.is_nan()), "wrote past its 16 columns");
+                    let got: Vec<u32> = y[r * n..r * n + tile].iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, whole[r * n..r * n + tile], "{kernel:?} m={m} n={n} k={k} row {r}");
+                    assert!(y[r * n + tile..(r + 1) * n].iter().all(|v| v.is_nan()), "wrote past its {tile} columns");
                 }
             }
             let y = p.matmul(&x, m);
             for r in 0..m {
                 let alone = p.matmul(&x[r * k..(r + 1) * k], 1);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y[r * n..(r + 1) * n]), bits(&alone), "m={m} n={n} k={k} row {r}");
+                assert_eq!(bits(&y[r * n..(r + 1) * n]), bits(&alone), "{kernel:?} m={m} n={n} k={k} row {r}");
             }
         }
     }
@@ -888,9 +1020,6 @@ mod tests {
     /// The vector quantizer gives the scalar one's bits, odd values included.
     #[test]
     fn vector_quantizing_matches_the_scalar_blocks() {
-        if !available() {
-            return;
-        }
         let blocks = 64;
         let mut x: Vec<f32> = (0..blocks * QK).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / (1.0 + (i % 37) as f32)).collect();
         // Ties, zeros, NaN, infinities, denormals, one huge value.
@@ -910,12 +1039,18 @@ mod tests {
             (q, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s)
         };
         assert_eq!(run(quantize_span), run(quantize_span_scalar));
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::supported().contains(&Kernel::Avx2) {
+            // SAFETY: AVX2 is present.
+            assert_eq!(run(|q, d, s, x| unsafe { avx2::quantize_span(q, d, s, x) }), run(quantize_span_scalar));
+        }
     }
 
     #[test]
     fn refuses_what_it_cannot_take() {
         let raw = vec![0u8; 16 * GGUF_BLOCK_BYTES];
-        assert!(PackedQ8::from_gguf_bytes(&raw, 16, 64).is_none(), "wrong byte count");
+        assert!(PackedQ8::from_gguf_bytes(&raw, 16, 64, Kernel::Avx2).is_none(), "wrong byte count");
+        assert!(PackedQ8::from_gguf_bytes(&raw[..12 * GGUF_BLOCK_BYTES], 12, 32, Kernel::Avx2).is_none(), "12 rows");
         let t = Tensor::zeros((15, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
         assert!(PackedQ8::from_qtensor(&q).is_none(), "15 rows is not whole tiles");

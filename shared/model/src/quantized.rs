@@ -109,8 +109,8 @@ fn config_from_metadata(
 pub enum QWeight {
     /// Candle's quantized matmul: any GGUF type, any device.
     Candle(QMatMul),
-    /// Q8_0 repacked for [`crate::q8gemv`] (CPU with AVX-512 VNNI). The GGUF blocks are
-    /// not kept beside it, so the weight costs its Q8_0 size once.
+    /// Q8_0 repacked for [`crate::q8gemv`] (a CPU with AVX-512 VNNI or AVX2). The GGUF
+    /// blocks are not kept beside it, so the weight costs its Q8_0 size once.
     Q8(Arc<PackedQ8>),
 }
 
