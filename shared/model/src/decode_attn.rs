@@ -13,7 +13,7 @@
 //! CPUs and head sizes take plain loops.
 //!
 //! The cache may hold f32 or f16 values ([`KvElem`]); f16 rows are widened to f32 as they
-//! are loaded (one `vcvtph2ps` per 16 values), so the arithmetic is f32 either way and
+//! are loaded (one `vcvtph2ps` per 16 values with AVX-512, per 8 with AVX2), so the arithmetic is f32 either way and
 //! only the bytes read halve.
 
 // The SIMD tiles index their register arrays by (row, vector) on purpose.

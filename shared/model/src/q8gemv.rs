@@ -890,7 +890,9 @@ mod tests {
         }
         let (n, k) = (48, 320);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 59 % 83) as f32 - 41.0) / 13.0).collect();
-        let raw = q8_bytes(&w, n, k);
+        let mut raw = q8_bytes(&w, n, k);
+        // A -128 weight: the one value where the sign trick and the +128 offset differ.
+        raw[2] = 0x80;
         let [vnni, avx2] = [Kernel::Vnni, Kernel::Avx2].map(|kernel| PackedQ8::from_gguf_bytes(&raw, n, k, kernel).expect("packs"));
         for m in 1..=19 {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / (3.0 + (i % 5) as f32)).collect();
@@ -929,6 +931,11 @@ mod tests {
         let narrow = PackedQ8::from_gguf_bytes(&q8_bytes(&vec![0.5; 16 * 32], 16, 32), 16, 32, kernel).expect("packs");
         let x = vec![1.0; 2 * k];
         assert!(matmul_group(&[&weights[0], &narrow], &x, 2).iter().all(|y| y.is_empty()), "widths differ");
+        // Packing needs no CPU features, so the other layout can be made anywhere.
+        let other = if kernel == Kernel::Vnni { Kernel::Avx2 } else { Kernel::Vnni };
+        let w: Vec<f32> = (0..16 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect();
+        let foreign = PackedQ8::from_gguf_bytes(&q8_bytes(&w, 16, k), 16, k, other).expect("packs");
+        assert!(matmul_group(&[&weights[0], &foreign], &x, 2).iter().all(|y| y.is_empty()), "layouts differ");
         assert!(matmul_group(&refs, &x[..k + 1], 2).iter().all(|y| y.is_empty()), "short input");
     }
 

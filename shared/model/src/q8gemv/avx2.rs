@@ -7,8 +7,8 @@
 //! `128 * 127` and a pair fits in 16 bits. `|w|` is taken once per weight load and serves
 //! every activation row of the pass.
 //!
-//! Widening the weights to `i16` for `vpmaddwd` alone (no sign step) costs the same number
-//! of ops per product, but on a Zen 3 VM a loop of 8 rows' `vpbroadcastd`, `vpmaddwd`,
+//! Widening the weights to `i16` for `vpmaddwd` alone (no sign step) takes as many
+//! arithmetic ops per product but twice the activation broadcasts, and on a Zen 3 VM a loop of 8 rows' `vpbroadcastd`, `vpmaddwd`,
 //! `vpaddd` took 8.2 cycles per 128 products with the widening, against 13.5 cycles per
 //! 256 for the sign trick's 8 rows of `vpbroadcastd`, `vpsignb`, `vpmaddubsw`, `vpmaddwd`,
 //! `vpaddd`: 15.6 against 19 products a cycle.
