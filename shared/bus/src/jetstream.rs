@@ -49,6 +49,37 @@ impl JetStreamBackend {
         Ok(Self { client, ctx, kv: Mutex::new(HashMap::new()), objects: Mutex::new(HashMap::new()) })
     }
 
+    /// `create_or_update_stream`, tried again after a timeout or an unavailable JetStream.
+    ///
+    /// Every process calls this at start-up, so it meets a server that is itself starting
+    /// or restarting (a pod rescheduled, a crash): the request then times out while the
+    /// client reconnects. The call is idempotent, so a few paced retries turn that window
+    /// into a delay instead of a failed start; any other error returns at once.
+    async fn create_or_update_stream_retrying(
+        &self,
+        cfg: js_stream::Config,
+    ) -> Result<js_stream::Info, jetstream::context::CreateStreamError> {
+        const ATTEMPTS: u32 = 4;
+        let mut attempt = 1;
+        loop {
+            match self.ctx.create_or_update_stream(cfg.clone()).await {
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && matches!(
+                            e.kind(),
+                            jetstream::context::CreateStreamErrorKind::TimedOut
+                                | jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+                        ) =>
+                {
+                    tracing::warn!(stream = %cfg.name, attempt, error = %e, "creating a stream failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The raw client, for benchmarks that compare against plain async-nats.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
@@ -254,7 +285,7 @@ impl Backend for JetStreamBackend {
                 duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
             };
-            self.ctx.create_or_update_stream(cfg).await.map_err(|e| js_err(format!("stream {}: {e}", spec.name)))?;
+            self.create_or_update_stream_retrying(cfg).await.map_err(|e| js_err(format!("stream {}: {e}", spec.name)))?;
         }
         Ok(())
     }
