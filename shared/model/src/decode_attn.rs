@@ -120,9 +120,30 @@ pub(crate) fn weighted_values<T: KvElem>(w: &[f32], stride: usize, rows: usize, 
     }
 }
 
+/// Positions ahead of the read that the vector kernels prefetch a key or value row. A
+/// sequence's rows of one KV head are a run of a few tens of KiB that the hardware
+/// prefetcher meets cold at every head and layer.
+#[cfg(target_arch = "x86_64")]
+const PF_POSITIONS: usize = 8;
+
+/// Prefetches into L1 the cache lines of one cached row of `d` values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_row<T: KvElem>(row: *const T, d: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let per_line = 64 / std::mem::size_of::<T>();
+    let mut v = 0;
+    while v < d {
+        // SAFETY: a prefetch never faults; `wrapping_add` keeps the address arithmetic
+        // defined even past the row.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(v) as *const i8) };
+        v += per_line;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::KvElem;
+    use super::{prefetch_row, KvElem, PF_POSITIONS};
     use std::arch::x86_64::*;
 
     /// `d / 16` when the kernels take this head size on this CPU (`d` a multiple of 16, at
@@ -164,23 +185,6 @@ mod avx512 {
         by_shape!(values_tile, v, rows, (w, stride, values, sp, len, out, d))
     }
 
-    /// Positions ahead of the read that a key or value row is prefetched. A sequence's
-    /// rows of one KV head are a run of a few tens of KiB that the hardware prefetcher
-    /// meets cold at every head and layer.
-    const PF_POSITIONS: usize = 8;
-
-    /// Prefetches the cache lines of one row (`16 * V` values).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn prefetch_row<T: KvElem, const V: usize>(row: *const T) {
-        let step = if T::HALF { 32 } else { 16 };
-        let mut v = 0;
-        while v < V * 16 {
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(v) as *const i8);
-            v += step;
-        }
-    }
-
     /// 16 values of a cached row as f32.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -205,7 +209,7 @@ mod avx512 {
         for p in 0..len {
             let kp = keys.add(p * sp);
             if p + PF_POSITIONS < len {
-                prefetch_row::<T, V>(kp.add(PF_POSITIONS * sp));
+                prefetch_row(kp.add(PF_POSITIONS * sp), 16 * V);
             }
             let mut acc = [_mm512_setzero_ps(); R];
             for v in 0..V {
@@ -233,7 +237,7 @@ mod avx512 {
         for p in 0..len {
             let vp = values.add(p * sp);
             if p + PF_POSITIONS < len {
-                prefetch_row::<T, V>(vp.add(PF_POSITIONS * sp));
+                prefetch_row(vp.add(PF_POSITIONS * sp), 16 * V);
             }
             let mut wr = [_mm512_setzero_ps(); R];
             for r in 0..R {
@@ -262,13 +266,11 @@ mod avx512 {
 /// streaming past once per chunk (the head's values stay in L1 or L2 between chunks).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::KvElem;
+    use super::{prefetch_row, KvElem, PF_POSITIONS};
     use std::arch::x86_64::*;
 
     /// Values of the output chunk [`values`] keeps in registers per row.
     const CHUNK: usize = 32;
-    /// Positions ahead of the read that a key or value row is prefetched.
-    const PF_POSITIONS: usize = 8;
 
     /// Whether the kernels take head size `d` on this CPU (AVX2, FMA and F16C; `d` a
     /// multiple of 32).
@@ -287,18 +289,6 @@ mod avx2 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
         } else {
             _mm256_loadu_ps(p as *const f32)
-        }
-    }
-
-    /// Prefetches the cache lines of one row of `d` values.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prefetch_row<T: KvElem>(row: *const T, d: usize) {
-        let step = if T::HALF { 32 } else { 16 };
-        let mut v = 0;
-        while v < d {
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(v) as *const i8);
-            v += step;
         }
     }
 
