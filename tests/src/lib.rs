@@ -7,7 +7,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,17 +85,33 @@ fn try_wait_for_port(port: u16, child: &mut Child) -> Result<(), std::process::E
 /// surviving a NATS restart is: the watcher prints the exit status and the tail of the
 /// server's log (so the cause is on record), then starts it again on the same port with the
 /// same store, which keeps every stream, and the clients reconnect as they would in
-/// production.
+/// production. (In the moment between, another test could in principle be handed the same
+/// port by [`free_port`]; with ports drawn from the whole ephemeral range that is left as
+/// a theoretical risk.)
 pub struct NatsServer {
     pub port: u16,
-    child: Arc<Mutex<Child>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Supervised>,
     watcher: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
-/// How many times the watcher restarts a crashed server before it gives up (and the test
-/// then fails on its own timeouts, with the log tails printed).
+/// What the watcher thread and the handle share.
+struct Supervised {
+    child: Mutex<Child>,
+    /// Restarts so far; [`NatsServer::crash`] waits for it to move.
+    restarts: AtomicU32,
+    stop: AtomicBool,
+}
+
+impl Supervised {
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How many times the watcher restarts a server that exited (a [`NatsServer::crash`]
+/// counts) before it gives up; the test then fails on its own timeouts, with the log
+/// tails printed.
 const NATS_RESTARTS: u32 = 3;
 
 fn spawn_nats(bin: &Path, port: u16, store: &Path, log: &Path) -> Child {
@@ -112,7 +128,7 @@ fn spawn_nats(bin: &Path, port: u16, store: &Path, log: &Path) -> Child {
 
 /// The last `n` lines of a log file, for failure messages.
 fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -131,13 +147,12 @@ impl NatsServer {
                 eprintln!("nats-server on port {port} exited during start-up with {status} (attempt {attempt}):\n{}", log_tail(&log, 30));
                 continue;
             }
-            let child = Arc::new(Mutex::new(child));
-            let stop = Arc::new(AtomicBool::new(false));
+            let shared = Arc::new(Supervised { child: Mutex::new(child), restarts: AtomicU32::new(0), stop: AtomicBool::new(false) });
             let watcher = {
-                let (child, stop) = (child.clone(), stop.clone());
-                std::thread::spawn(move || watch_nats(&bin, port, &store, &log, &child, &stop))
+                let shared = shared.clone();
+                std::thread::spawn(move || watch_nats(&bin, port, &store, &log, &shared))
             };
-            return Self { port, child, stop, watcher: Some(watcher), _dir: dir };
+            return Self { port, shared, watcher: Some(watcher), _dir: dir };
         }
         panic!("nats-server did not start in three tries");
     }
@@ -149,17 +164,12 @@ impl NatsServer {
     /// Kills the server with SIGKILL, as a crash would; the watcher restarts it. Returns
     /// once a new server listens on the port.
     pub fn crash(&self) {
-        let old = {
-            let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = c.kill();
-            c.id()
-        };
+        let before = self.shared.restarts.load(Ordering::Acquire);
+        let _ = self.shared.child().kill();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let restarted = {
-                let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
-                c.id() != old && matches!(c.try_wait(), Ok(None))
-            };
+            let restarted = self.shared.restarts.load(Ordering::Acquire) > before
+                && matches!(self.shared.child().try_wait(), Ok(None));
             if restarted && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
@@ -170,36 +180,50 @@ impl NatsServer {
 }
 
 /// The watcher's loop: see [`NatsServer`].
-fn watch_nats(bin: &Path, port: u16, store: &Path, log: &Path, child: &Mutex<Child>, stop: &AtomicBool) {
-    let mut restarts = 0;
-    while !stop.load(Ordering::Acquire) {
+///
+/// The lock on the child is held only to look at it or swap it: a restart spawns and waits
+/// for the new server unlocked, and one that finishes after [`Drop`] set `stop` is killed
+/// rather than installed.
+fn watch_nats(bin: &Path, port: u16, store: &Path, log: &Path, shared: &Supervised) {
+    loop {
         std::thread::sleep(Duration::from_millis(20));
-        let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(Some(status)) = c.try_wait() else { continue };
-        if stop.load(Ordering::Acquire) {
+        if shared.stop.load(Ordering::Acquire) {
             return;
         }
+        let status = match shared.child().try_wait() {
+            Ok(Some(status)) => status,
+            _ => continue,
+        };
         eprintln!("nats-server on port {port} exited with {status}; the end of its log:\n{}", log_tail(log, 60));
+        let restarts = shared.restarts.load(Ordering::Acquire);
         if restarts == NATS_RESTARTS {
             eprintln!("nats-server on port {port}: not restarting it again after {NATS_RESTARTS} restarts");
             return;
         }
-        restarts += 1;
-        eprintln!("restarting nats-server on port {port} with the same store (restart {restarts})");
-        *c = spawn_nats(bin, port, store, log);
-        if let Err(status) = try_wait_for_port(port, &mut c) {
-            eprintln!("the restarted nats-server exited with {status}:\n{}", log_tail(log, 30));
+        eprintln!("restarting nats-server on port {port} with the same store (restart {})", restarts + 1);
+        let mut fresh = spawn_nats(bin, port, store, log);
+        let up = try_wait_for_port(port, &mut fresh);
+        if shared.stop.load(Ordering::Acquire) {
+            let _ = fresh.kill();
+            let _ = fresh.wait();
+            return;
+        }
+        *shared.child() = fresh;
+        shared.restarts.store(restarts + 1, Ordering::Release);
+        if let Err(status) = up {
+            // The next turn of the loop sees the exit and tries again.
+            eprintln!("the restarted nats-server exited with {status}");
         }
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
         }
-        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.shared.child();
         let _ = c.kill();
         let _ = c.wait();
     }
